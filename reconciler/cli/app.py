@@ -1,0 +1,58 @@
+"""The Typer application objects and the helpers every command shares (exit codes, JSON, engine)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from decimal import Decimal
+from enum import IntEnum
+from typing import Any, NoReturn
+
+import typer
+from sqlalchemy import Engine
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Find, explain and correct drift between cached balances and the ledger.")
+db_app = typer.Typer(no_args_is_help=True, help="The ledger database: migrations, embedded server.")
+demo_app = typer.Typer(no_args_is_help=True, help="Demo data with planted drift.")
+tasks_app = typer.Typer(no_args_is_help=True, help="Reconciliation tasks: list and resolve.")
+app.add_typer(db_app, name="db")
+app.add_typer(demo_app, name="demo")
+app.add_typer(tasks_app, name="tasks")
+
+
+class ExitCode(IntEnum):
+    """The CLI's public exit codes (DESIGN.md)."""
+
+    CLEAN = 0
+    DRIFT_REMAINS = 1
+    USAGE = 2
+    FAILED = 3
+
+
+def json_default(value: object) -> Any:
+    """Decimals as strings (exact), datetimes as ISO 8601."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def emit_json(payload: object) -> None:
+    """Print exactly one JSON object on stdout."""
+    sys.stdout.write(json.dumps(payload, default=json_default, sort_keys=True) + "\n")
+
+
+def fail(message: str, code: ExitCode = ExitCode.USAGE) -> NoReturn:
+    """Print ``message`` on stderr and exit with ``code``; nothing has been written."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(int(code))
+
+
+def open_engine() -> Engine:
+    """The ledger engine for a command (``RECONCILER_DATABASE_URL`` or the embedded database)."""
+    from reconciler.db import make_engine  # noqa: PLC0415
+
+    return make_engine()

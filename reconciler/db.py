@@ -1,0 +1,137 @@
+"""Engines for the ledger database: ``RECONCILER_DATABASE_URL`` when set, else an embedded PostgreSQL.
+
+The embedded server (pgserver: a real PostgreSQL 16 on a Unix socket, no TCP) lives under
+``$RECONCILER_HOME/pgdata``, starts on demand, keeps running for later commands, and stops with
+``reconciler db stop``. Every engine speaks psycopg 3; a URL is never printed with its password.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError
+
+from reconciler.config import EMBEDDED_DATABASE, configured_database_url, home_dir
+from reconciler.errors import DatabaseUnavailableError
+
+DEFAULT_POOL_SIZE = 10
+
+
+def normalise_url(url: str | URL) -> URL:
+    """Return ``url`` as a SQLAlchemy URL on the psycopg 3 driver (``postgresql://`` -> ``postgresql+psycopg://``)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def describe_url(url: str | URL) -> str:
+    """A URL safe to print: the password is masked."""
+    return normalise_url(url).render_as_string(hide_password=True)
+
+
+def _prepare_runtime_dir(home: Path) -> None:
+    # pgserver picks its lock and socket folder at import time from XDG_RUNTIME_DIR and warns
+    # (an error under -W error) unless that folder is private; give it one of ours.
+    if os.environ.get("XDG_RUNTIME_DIR") and Path(os.environ["XDG_RUNTIME_DIR"]).is_dir():
+        return
+    runtime = home / "run"
+    runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+    runtime.chmod(0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+
+
+def pgdata_dir(home: Path | None = None) -> Path:
+    return (home or home_dir()) / "pgdata"
+
+
+def start_embedded(home: Path | None = None, database: str = EMBEDDED_DATABASE) -> URL:
+    """Start (or attach to) the embedded PostgreSQL and return a URL for ``database``, created if missing."""
+    home = home or home_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    _prepare_runtime_dir(home)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    import pgserver  # noqa: PLC0415  (heavy, and needs XDG_RUNTIME_DIR set first)
+
+    server = pgserver.get_server(pgdata_dir(home), cleanup_mode=None)
+    socket_path = server.get_postmaster_info().socket_path
+    assert socket_path is not None  # pgserver always listens on a Unix socket here
+    socket_dir = socket_path.parent
+    url = URL.create("postgresql+psycopg", username="postgres", host="localhost", database=database,
+                     query={"host": str(socket_dir)})
+    ensure_database(url)
+    return url
+
+
+def ensure_database(url: URL) -> None:
+    """Create the database named in ``url`` when it does not exist (connecting to ``postgres`` to do so)."""
+    name = url.database
+    assert name
+    admin = url.set(database="postgres")
+    with psycopg.connect(_libpq_dsn(admin), autocommit=True) as conn:
+        exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+
+
+def _libpq_dsn(url: URL) -> str:
+    return normalise_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def stop_embedded(home: Path | None = None) -> bool:
+    """Stop the embedded server if it runs; return whether it was running."""
+    pgdata = pgdata_dir(home)
+    pid_file = pgdata / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    _prepare_runtime_dir(home or home_dir())
+    from pgserver._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
+
+    command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"]
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "pgserver", "--", *command]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    handles = pgdata / ".handle_pids.json"
+    if handles.exists():
+        handles.write_text("[]")
+    return result.returncode == 0
+
+
+def database_url() -> URL:
+    """The ledger database: ``RECONCILER_DATABASE_URL`` if set, else the embedded server (started on demand)."""
+    configured = configured_database_url()
+    return normalise_url(configured) if configured else start_embedded()
+
+
+def make_engine(url: str | URL | None = None, *, check: bool = True, **kwargs: Any) -> Engine:
+    """An engine on ``url`` (default :func:`database_url`); with ``check`` it connects once and raises
+    :class:`DatabaseUnavailableError` with one clear line when the database cannot be reached."""
+    target = normalise_url(url) if url is not None else database_url()
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": DEFAULT_POOL_SIZE, "max_overflow": 10}
+    options.update(kwargs)
+    engine = create_engine(target, **options)
+    if check:
+        check_connection(engine)
+    return engine
+
+
+def check_connection(engine: Engine) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except OperationalError as exc:
+        url = engine.url
+        where = f"host {url.query.get('host') or url.host or 'localhost'}, port {url.port or 5432}, database {url.database}"
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "no answer"
+        raise DatabaseUnavailableError(
+            f"cannot reach the ledger database ({where}): {reason}. Check that PostgreSQL runs there and that "
+            f"RECONCILER_DATABASE_URL ({describe_url(url)}) is right, or unset it to use the embedded database."
+        ) from None

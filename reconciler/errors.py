@@ -1,0 +1,65 @@
+"""One exception hierarchy under :class:`ReconcilerError`.
+
+Drift is data, never an exception: these are raised only when a caller breaks a contract
+(bad input, unknown customer, unreachable database). Each message names the value, what was
+expected, and what to do next.
+"""
+
+from __future__ import annotations
+
+
+class ReconcilerError(Exception):
+    """Raised for every failure the product reports to its callers; catch this for all of them."""
+
+
+class InvalidAmountError(ReconcilerError, ValueError):
+    """Raised when an amount is not an exact money value: a float, more than 2 decimal places,
+    not a number, or beyond numeric(18,2)."""
+
+
+class FloatAmountError(InvalidAmountError, TypeError):
+    """Raised when a ``float`` reaches a money function; floats cannot hold cents exactly."""
+
+
+class NonPositiveAmountError(InvalidAmountError):
+    """Raised when an add, subtract or transfer amount is zero or negative."""
+
+
+class InvalidOperationError(ReconcilerError, ValueError):
+    """Raised when an operation, policy or option value is not one of the allowed ones."""
+
+
+class CustomerNotFoundError(ReconcilerError, LookupError):
+    """Raised when a customer id does not exist in ``customers``."""
+
+
+class InsufficientFundsError(ReconcilerError):
+    """Raised when a debit would take a balance below zero and negative balances are not allowed."""
+
+
+class IdempotencyConflictError(ReconcilerError):
+    """Raised when an idempotency key is reused for a different customer, amount or kind."""
+
+
+class TransientDatabaseError(ReconcilerError):
+    """Raised when serialization failures or deadlocks persist after the bounded retries."""
+
+
+class DatabaseUnavailableError(ReconcilerError):
+    """Raised when the configured database cannot be reached; the message names it without its password."""
+
+
+class TaskNotFoundError(ReconcilerError, LookupError):
+    """Raised when a reconciliation task id does not exist."""
+
+
+class TaskStateError(ReconcilerError):
+    """Raised when a task transition is not allowed from its current status (e.g. resolving a corrected task)."""
+
+
+class RunNotFoundError(ReconcilerError, LookupError):
+    """Raised when a run id does not exist."""
+
+
+class DemoDataError(ReconcilerError):
+    """Raised when demo seeding would touch a ledger that demo seeding did not create."""

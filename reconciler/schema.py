@@ -1,0 +1,149 @@
+"""Table definitions for queries (SQLAlchemy Core). The database's shape is owned by the migrations
+in ``reconciler/migrations``; these objects describe it for building statements and must agree with it
+(a test compares them)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+SCHEMA = "reconciler"
+MONEY = Numeric(18, 2, asdecimal=True)
+#: Totals over many customers can exceed a single balance's range.
+TOTAL = Numeric(24, 2, asdecimal=True)
+
+metadata = MetaData()
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("balance", MONEY, nullable=False),
+    Column("updated_at", DateTime(timezone=True)),
+)
+
+ledger_entries = Table(
+    "customer_ledger_entries",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("customer_id", BigInteger, ForeignKey("customers.id"), nullable=False),
+    Column("amount", MONEY, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("reference", Text),
+    Column("idempotency_key", Text, unique=True),
+    Column("balance_after", MONEY),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("trigger", Text, nullable=False),
+    Column("params", JSONB, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("customers_checked", BigInteger, nullable=False),
+    Column("drift_count", BigInteger, nullable=False),
+    Column("total_abs_drift", TOTAL, nullable=False),
+    Column("chunk_count", Integer),
+    Column("outcome", JSONB, nullable=False),
+    Column("error", Text),
+    schema=SCHEMA,
+)
+
+run_chunks = Table(
+    "run_chunks",
+    metadata,
+    Column("run_id", BigInteger, ForeignKey(f"{SCHEMA}.runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("chunk_index", Integer, primary_key=True),
+    Column("first_id", BigInteger, nullable=False),
+    Column("last_id", BigInteger, nullable=False),
+    Column("planned_customers", BigInteger, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("customers_checked", BigInteger),
+    Column("drift_count", BigInteger),
+    Column("compared_at", DateTime(timezone=True)),
+    schema=SCHEMA,
+)
+
+findings = Table(
+    "findings",
+    metadata,
+    Column("run_id", BigInteger, ForeignKey(f"{SCHEMA}.runs.id", ondelete="CASCADE"), primary_key=True),
+    Column("customer_id", BigInteger, primary_key=True),
+    Column("chunk_index", Integer, nullable=False),
+    Column("stored_balance", MONEY, nullable=False),
+    Column("ledger_sum", MONEY, nullable=False),
+    Column("drift", MONEY, nullable=False),
+    Column("cause", Text),
+    Column("evidence", JSONB),
+    Column("found_at", DateTime(timezone=True), nullable=False),
+    schema=SCHEMA,
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("run_id", BigInteger, ForeignKey(f"{SCHEMA}.runs.id")),
+    Column("customer_id", BigInteger, ForeignKey("customers.id"), nullable=False),
+    Column("stored_balance", MONEY, nullable=False),
+    Column("ledger_sum", MONEY, nullable=False),
+    Column("drift", MONEY, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("cause", Text),
+    Column("evidence", JSONB),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_run_id", BigInteger),
+    Column("resolved_at", DateTime(timezone=True)),
+    Column("resolution", JSONB, nullable=False),
+    Column("correction_entry_id", BigInteger),
+    schema=SCHEMA,
+)
+
+quality_results = Table(
+    "quality_results",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("run_id", BigInteger, ForeignKey(f"{SCHEMA}.runs.id", ondelete="CASCADE")),
+    Column("suite", Text, nullable=False),
+    Column("expectation", Text, nullable=False),
+    Column("success", Boolean, nullable=False),
+    Column("details", JSONB, nullable=False),
+    Column("evaluated_at", DateTime(timezone=True), nullable=False),
+    schema=SCHEMA,
+)
+
+demo_plants = Table(
+    "demo_plants",
+    metadata,
+    Column("customer_id", BigInteger, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("drift", MONEY, nullable=False),
+    Column("entry_id", BigInteger),
+    Column("seed", BigInteger, nullable=False),
+    schema=SCHEMA,
+)
+
+RUN_STATUSES = ("running", "succeeded", "failed", "halted")
+RUN_TRIGGERS = ("scheduled", "manual", "cli")
+TASK_STATUSES = ("open", "needs_review", "corrected", "dismissed")
+UNRESOLVED_STATUSES = ("open", "needs_review")
+TASK_SOURCES = ("run", "realtime")

@@ -1,0 +1,56 @@
+"""Factories that read like a small ledger. They write rows directly, around the balance core, on
+purpose: that is how tests plant the drift the product must find."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import Engine, func, insert, select, update
+
+from reconciler.schema import customers, ledger_entries
+
+
+def make_customer(engine: Engine, customer_id: int, balance: str | Decimal = "0.00") -> int:
+    """Insert a customer with a cached balance (no ledger entries)."""
+    with engine.begin() as conn:
+        conn.execute(insert(customers).values(id=customer_id, balance=Decimal(balance), updated_at=func.now()))
+    return customer_id
+
+
+def post_entry(engine: Engine, customer_id: int, amount: str | Decimal, *, kind: str = "payment",
+               balance_after: str | Decimal | None = None, idempotency_key: str | None = None) -> int:
+    """Append a ledger entry WITHOUT touching the cached balance (a write that bypassed the core)."""
+    with engine.begin() as conn:
+        return int(conn.execute(
+            insert(ledger_entries)
+            .values(customer_id=customer_id, amount=Decimal(amount), kind=kind,
+                    balance_after=None if balance_after is None else Decimal(balance_after),
+                    idempotency_key=idempotency_key)
+            .returning(ledger_entries.c.id)
+        ).scalar_one())
+
+
+def set_cached_balance(engine: Engine, customer_id: int, balance: str | Decimal) -> None:
+    """Overwrite the cached balance around the ledger (the classic source of drift)."""
+    with engine.begin() as conn:
+        conn.execute(update(customers).where(customers.c.id == customer_id).values(balance=Decimal(balance)))
+
+
+def cached_balance(engine: Engine, customer_id: int) -> Decimal:
+    with engine.connect() as conn:
+        return Decimal(conn.execute(select(customers.c.balance).where(customers.c.id == customer_id)).scalar_one())
+
+
+def ledger_sum(engine: Engine, customer_id: int) -> Decimal:
+    with engine.connect() as conn:
+        total = conn.execute(select(func.coalesce(func.sum(ledger_entries.c.amount), 0))
+                             .where(ledger_entries.c.customer_id == customer_id)).scalar_one()
+    return Decimal(total)
+
+
+def entry_count(engine: Engine, customer_id: int | None = None) -> int:
+    query = select(func.count()).select_from(ledger_entries)
+    if customer_id is not None:
+        query = query.where(ledger_entries.c.customer_id == customer_id)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
