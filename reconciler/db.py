@@ -129,7 +129,8 @@ def check_connection(engine: Engine) -> None:
             conn.execute(text("select 1"))
     except OperationalError as exc:
         url = engine.url
-        where = f"host {url.query.get('host') or url.host or 'localhost'}, port {url.port or 5432}, database {url.database}"
+        host = url.query.get("host") or url.host or "localhost"
+        where = f"host {host}, port {url.port or 5432}, database {url.database}"
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "no answer"
         raise DatabaseUnavailableError(
             f"cannot reach the ledger database ({where}): {reason}. Check that PostgreSQL runs there and that "

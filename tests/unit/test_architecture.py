@@ -48,7 +48,8 @@ def test_only_the_balance_core_writes_balances_or_entries() -> None:
         if path.name in allowed or "migrations" in path.parts:
             continue
         source = path.read_text().lower()
-        for needle in ("update(customers)", "insert(ledger_entries)", "update customers", "insert into customer_ledger_entries"):
+        for needle in ("update(customers)", "insert(ledger_entries)", "update customers",
+                       "insert into customer_ledger_entries"):
             if needle in source:
                 offenders.append(f"{path.relative_to(ROOT)}: {needle}")
     assert offenders == []
