@@ -41,6 +41,9 @@ def to_money(value: object, *, name: str = "amount") -> Decimal:
         raise InvalidAmountError(f"{name} must be a Decimal, int or str, got {type(value).__name__} {value!r}")
     if not number.is_finite():
         raise InvalidAmountError(f"{name} {value!r} is not a finite number")
+    # Range first: quantizing a huge number would overflow the decimal context (decimal.InvalidOperation).
+    if abs(number) > MAX_AMOUNT:
+        raise InvalidAmountError(f"{name} {value!r} is beyond numeric(18,2) (at most {MAX_AMOUNT} in magnitude)")
     exponent = number.as_tuple().exponent
     assert isinstance(exponent, int)  # finite numbers have an int exponent
     if exponent < -2 and number != number.quantize(CENT):
@@ -49,9 +52,7 @@ def to_money(value: object, *, name: str = "amount") -> Decimal:
             f"(e.g. {number.quantize(CENT)}) so no money is lost silently"
         )
     money = number.quantize(CENT)
-    if abs(money) > MAX_AMOUNT:
-        raise InvalidAmountError(f"{name} {value!r} is beyond numeric(18,2) (at most {MAX_AMOUNT} in magnitude)")
-    return money
+    return ZERO if money.is_zero() else money  # no "-0.00" in balances or reports
 
 
 def to_positive_money(value: object, *, name: str = "amount") -> Decimal:

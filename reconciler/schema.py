@@ -147,3 +147,26 @@ RUN_TRIGGERS = ("scheduled", "manual", "cli")
 TASK_STATUSES = ("open", "needs_review", "corrected", "dismissed")
 UNRESOLVED_STATUSES = ("open", "needs_review")
 TASK_SOURCES = ("run", "realtime")
+
+#: The balance core's reconciliation log (migration 0002): one row per ``reconcile_balance`` call, with
+#: old and new values; it is also the idempotency record of a reconciliation and the anchor of the
+#: ``balance_after`` chain (``chain_entry_id``: the latest entry when the balance was settled).
+balance_reconciliations = Table(
+    "balance_reconciliations",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("customer_id", BigInteger, ForeignKey("customers.id"), nullable=False),
+    Column("policy", Text, nullable=False),
+    Column("idempotency_key", Text, unique=True),
+    Column("reference", Text),
+    Column("stored_before", MONEY, nullable=False),
+    Column("ledger_sum", MONEY, nullable=False),
+    Column("drift_before", MONEY, nullable=False),
+    Column("balance_after", MONEY, nullable=False),
+    Column("entry_id", BigInteger),
+    Column("chain_entry_id", BigInteger),
+    Column("changed", Boolean, nullable=False),
+    Column("audit", JSONB, nullable=False),
+    Column("reconciled_at", DateTime(timezone=True), nullable=False),
+    schema=SCHEMA,
+)
