@@ -63,3 +63,25 @@ class RunNotFoundError(ReconcilerError, LookupError):
 
 class DemoDataError(ReconcilerError):
     """Raised when demo seeding would touch a ledger that demo seeding did not create."""
+
+
+class AlertDeliveryError(ReconcilerError):
+    """Raised when an alert could not be delivered (webhook refused or unreachable, SMTP error); the message
+    names the channel without its secrets."""
+
+
+class InvalidChunkSizeError(InvalidOperationError):
+    """Raised when a chunk size is not a whole number of customers >= 1."""
+
+
+class RunStateError(ReconcilerError):
+    """Raised when a run step is asked of a run that is not in a state allowing it (e.g. a failed run)."""
+
+
+class RunFailedError(ReconcilerError):
+    """Raised when a run started and then failed; the run is marked ``failed`` with the reason and
+    ``run_id`` names it (the original exception is the ``__cause__``)."""
+
+    def __init__(self, message: str, run_id: int) -> None:
+        super().__init__(message)
+        self.run_id = run_id

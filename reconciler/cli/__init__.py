@@ -9,7 +9,7 @@ import typer
 
 from reconciler.cli import db_commands  # noqa: F401  (registers commands)
 from reconciler.cli.app import ExitCode, app
-from reconciler.errors import DatabaseUnavailableError, ReconcilerError
+from reconciler.errors import DatabaseUnavailableError, ReconcilerError, RunFailedError
 
 # Command modules register themselves on import; each area owns its own module.
 for _module in ("demo_commands", "check_commands", "run_commands", "tasks_commands",
@@ -28,7 +28,7 @@ def main() -> None:
     """
     try:
         app()
-    except DatabaseUnavailableError as exc:
+    except (DatabaseUnavailableError, RunFailedError) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(int(ExitCode.FAILED))
     except ReconcilerError as exc:

@@ -12,6 +12,8 @@ from sqlalchemy.exc import DBAPIError
 from reconciler import migrate
 from reconciler.db import make_engine
 
+HEAD = "0003"
+
 
 @pytest.fixture
 def empty_engine(empty_db_url: URL) -> Engine:
@@ -31,7 +33,7 @@ def _indexes(engine: Engine, table: str) -> set[str]:
 def test_upgrade_creates_ledger_and_reconciler_schema(empty_engine: Engine) -> None:
     """An empty database gets both ledger tables, the reconciler tables and the covering index."""
     migrate.upgrade(empty_engine)
-    assert migrate.current_revision(empty_engine) == "0001"
+    assert migrate.current_revision(empty_engine) == HEAD
     assert {"id", "balance", "updated_at"} <= _columns(empty_engine, "customers")
     assert {"balance_after", "idempotency_key", "kind", "created_at"} <= _columns(
         empty_engine, "customer_ledger_entries")
@@ -39,7 +41,7 @@ def test_upgrade_creates_ledger_and_reconciler_schema(empty_engine: Engine) -> N
         inspect(empty_engine).get_table_names(schema="reconciler"))
     assert "ix_customer_ledger_entries_customer_cover" in _indexes(empty_engine, "customer_ledger_entries")
     migrate.upgrade(empty_engine)  # a second upgrade is a no-op
-    assert migrate.current_revision(empty_engine) == "0001"
+    assert migrate.current_revision(empty_engine) == HEAD
 
 
 def test_created_ledger_is_append_only(empty_engine: Engine) -> None:
