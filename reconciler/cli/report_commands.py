@@ -1,0 +1,41 @@
+"""``reconciler report``: write a run's finance report (HTML, tasks.csv, summary.json) and print its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reconciler.cli.app import ExitCode, app, fail, open_engine
+from reconciler.errors import DatabaseUnavailableError, ReconcilerError
+
+
+@app.command("report")
+def report(
+    run: Annotated[int | None, typer.Option("--run", help="The run to report (default: the latest run).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder to write into (default: "
+                                                          ".reconciler/reports/run-N).")] = None,
+) -> None:
+    """Build the finance report of a run and print the path of its HTML file."""
+    from reconciler.quality import latest_run_id  # noqa: PLC0415
+    from reconciler.report import build_run_report, report_html_path  # noqa: PLC0415
+
+    try:
+        engine = open_engine()
+    except DatabaseUnavailableError as exc:
+        fail(str(exc), ExitCode.FAILED)
+    try:
+        if run is None:
+            with engine.connect() as conn:
+                run = latest_run_id(conn)
+            if run is None:
+                fail("there is no run to report yet; start one with `reconciler run`", ExitCode.USAGE)
+        folder = build_run_report(engine, run, out)
+    except DatabaseUnavailableError as exc:
+        fail(str(exc), ExitCode.FAILED)
+    except ReconcilerError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    finally:
+        engine.dispose()
+    typer.echo(str(report_html_path(folder)))

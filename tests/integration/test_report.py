@@ -1,0 +1,266 @@
+"""The finance report against a real PostgreSQL: its numbers equal what the database holds, the CSV totals
+equal the summary's, and trends, aging and new/persisting/resolved follow a scripted history of runs."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from typer.testing import CliRunner
+
+from reconciler.errors import RunNotFoundError
+from reconciler.report import build_run_report
+from tests.factories import make_customer, post_entry
+
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+D = Decimal
+
+
+@dataclass(frozen=True)
+class History:
+    runs: tuple[int, int, int]
+    tasks: dict[str, int]
+
+
+def _ledger(engine: Engine, customer_id: int, amounts: list[str], drift: str = "0.00") -> None:
+    """A customer with a consistent chain of entries and a cached balance off by ``drift``."""
+    total = D("0.00")
+    entries = []
+    for amount in amounts:
+        total += D(amount)
+        entries.append((amount, total))
+    make_customer(engine, customer_id, total + D(drift))
+    for amount, after in entries:
+        post_entry(engine, customer_id, amount, balance_after=after)
+
+
+def _run(engine: Engine, started: dt.datetime, drift_count: int, total_abs: str, status: str = "succeeded") -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(text("""
+            insert into reconciler.runs (status, trigger, params, started_at, finished_at, heartbeat_at,
+                                         customers_checked, drift_count, total_abs_drift)
+            values (:status, 'scheduled', '{"tolerance": "0.01", "policy": "ledger"}', :started,
+                    :started + interval '5 minutes', :started, 6, :n, :abs)
+            returning id"""), {"status": status, "started": started, "n": drift_count, "abs": D(total_abs)}
+        ).scalar_one())
+
+
+def _finding(engine: Engine, run_id: int, customer_id: int, stored: str, ledger: str, cause: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("""
+            insert into reconciler.findings (run_id, customer_id, chunk_index, stored_balance, ledger_sum, drift,
+                                             cause, evidence, found_at)
+            values (:r, :c, 0, :s, :l, :s - :l, :cause, jsonb_build_object('summary', 'why ' || :c), now())"""),
+            {"r": run_id, "c": customer_id, "s": D(stored), "l": D(ledger), "cause": cause})
+
+
+def _task(engine: Engine, run_id: int, customer_id: int, drift: str, status: str, opened: dt.datetime,
+          resolved: dt.datetime | None = None, policy: str | None = None, last_seen: int | None = None) -> int:
+    resolution = {"policy": policy} if policy else {}
+    with engine.begin() as conn:
+        return int(conn.execute(text("""
+            insert into reconciler.tasks (run_id, customer_id, stored_balance, ledger_sum, drift, status, opened_at,
+                                          updated_at, last_seen_run_id, resolved_at, resolution)
+            values (:r, :c, 0, 0, :d, :status, :opened, coalesce(:resolved, :opened), :seen, :resolved,
+                    cast(:res as jsonb))
+            returning id"""), {"r": run_id, "c": customer_id, "d": D(drift), "status": status, "opened": opened,
+                               "resolved": resolved, "seen": last_seen or run_id,
+                               "res": json.dumps(resolution)}).scalar_one())
+
+
+def scripted_history(engine: Engine) -> History:
+    """Three runs over six customers. Run 3 (the one reported) finds 3 (needs review since run 1), 5 (dismissed
+    in run 2, found again) and 6 (new); 2 and 4 drifted in run 2 and no longer do."""
+    _ledger(engine, 1, ["100.00", "-20.00"])
+    _ledger(engine, 2, ["50.00"])
+    _ledger(engine, 3, ["1000.00", "-0.50"], drift="100.50")
+    _ledger(engine, 4, ["10.00"])
+    _ledger(engine, 5, ["300.00"], drift="-250.00")
+    _ledger(engine, 6, ["1.23", "2.00"], drift="6.77")
+    day, hour = dt.timedelta(days=1), dt.timedelta(hours=1)
+    r1 = _run(engine, NOW - 10 * day, 3, "108.50")
+    _finding(engine, r1, 1, "85.00", "80.00", "balance_written_around_ledger")
+    _finding(engine, r1, 2, "47.00", "50.00", "missing_entry")
+    _finding(engine, r1, 3, "1100.00", "999.50", "duplicated_entry")
+    tasks = {
+        "t1": _task(engine, r1, 1, "5.00", "corrected", NOW - 10 * day, NOW - 10 * day + 2 * hour, "ledger"),
+        "t2": _task(engine, r1, 2, "-3.00", "open", NOW - 10 * day, last_seen=None),
+        "t3": _task(engine, r1, 3, "100.50", "needs_review", NOW - 10 * day),
+    }
+    r2 = _run(engine, NOW - 3 * day, 4, "353.52")
+    for customer, stored, ledger, cause in ((2, "47.00", "50.00", "missing_entry"),
+                                            (3, "1100.00", "999.50", "duplicated_entry"),
+                                            (4, "10.02", "10.00", "unknown"), (5, "50.00", "300.00", "unknown")):
+        _finding(engine, r2, customer, stored, ledger, cause)
+    with engine.begin() as conn:
+        conn.execute(text("update reconciler.tasks set last_seen_run_id = :r where id in (:a, :b)"),
+                     {"r": r2, "a": tasks["t2"], "b": tasks["t3"]})
+    tasks["t4"] = _task(engine, r2, 4, "0.02", "corrected", NOW - 3 * day, NOW - 3 * day + hour / 2, "balance")
+    tasks["t5"] = _task(engine, r2, 5, "-250.00", "dismissed", NOW - 3 * day, NOW - 2 * day)
+    r3 = _run(engine, NOW - 2 * hour, 3, "357.27")
+    _finding(engine, r3, 3, "1100.00", "999.50", "duplicated_entry")
+    _finding(engine, r3, 5, "50.00", "300.00", "unknown")
+    _finding(engine, r3, 6, "10.00", "3.23", "balance_written_around_ledger")
+    with engine.begin() as conn:
+        conn.execute(text("update reconciler.tasks set last_seen_run_id = :r where id = :t"),
+                     {"r": r3, "t": tasks["t3"]})
+    tasks["t5b"] = _task(engine, r3, 5, "-250.00", "open", NOW - 2 * hour)
+    tasks["t6"] = _task(engine, r3, 6, "6.77", "open", NOW - 2 * hour)
+    with engine.begin() as conn:
+        conn.execute(text("""
+            insert into reconciler.quality_results (run_id, suite, expectation, success, details)
+            values (:r, 'ledger_entries', 'entry_kind_known', true, '{"observed": 0, "severity": "critical"}'),
+                   (:r, 'balance_integrity', 'balance_matches_ledger', false,
+                    '{"observed": 3, "severity": "warning", "description": "drift still stands"}')"""), {"r": r3})
+    return History((r1, r2, r3), tasks)
+
+
+@pytest.fixture
+def history(engine: Engine) -> History:
+    return scripted_history(engine)
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_report_numbers_equal_the_database(engine: Engine, history: History, tmp_path: Path) -> None:
+    """summary.json's counts and amounts are what SQL over findings, tasks and the ledger says."""
+    run_id = history.runs[2]
+    folder = build_run_report(engine, run_id, tmp_path, now=NOW)
+    summary = json.loads((folder / "summary.json").read_text())
+    with engine.connect() as conn:
+        found = conn.execute(text("select count(*), sum(drift), sum(abs(drift)) from reconciler.findings "
+                                  "where run_id = :r"), {"r": run_id}).one()
+        cached = conn.execute(text("select sum(balance) from customers")).scalar_one()
+        ledger = conn.execute(text("select sum(amount) from customer_ledger_entries")).scalar_one()
+    assert summary["drift_count"] == found[0] == 3
+    assert D(summary["net_drift"]) == found[1] == D("-142.73")
+    assert D(summary["total_abs_drift"]) == found[2] == D("357.27")
+    assert (summary["corrected"], summary["needs_review"], summary["open"]) == (0, 1, 2)
+    book = {line["key"]: line for line in summary["tie_out"]["book_now"]}
+    assert D(book["book_cached"]["amount"]) == cached
+    assert D(book["book_ledger"]["amount"]) == ledger
+    assert D(book["book_difference"]["amount"]) == cached - ledger == D("-142.73")
+    # Customers 2, 3, 5 and 6 have unresolved tasks; 2 no longer drifts.
+    assert D(book["book_unresolved"]["amount"]) == D("-142.73") and book["book_unresolved"]["customers"] == 4
+    assert D(book["book_other"]["amount"]) == D("0.00")
+    found_lines = {line["key"]: D(line["amount"]) for line in summary["tie_out"]["as_found"]}
+    assert found_lines["cached"] - found_lines["ledger"] == found_lines["net_drift"] == found_lines["remaining"]
+    assert summary["quality"]["evaluated"] == 2 and summary["quality"]["warnings"] == 1
+    assert summary["quality"]["success"] is True
+    assert summary["warnings"] == []
+
+
+def test_csv_totals_reconcile_with_the_summary(engine: Engine, history: History, tmp_path: Path) -> None:
+    """tasks.csv has one row per finding; its drift and abs_drift columns sum exactly to the summary's."""
+    folder = build_run_report(engine, history.runs[2], tmp_path, now=NOW)
+    summary = json.loads((folder / "summary.json").read_text())
+    rows = _read_csv(folder / "tasks.csv")
+    assert len(rows) == summary["csv"]["rows"] == summary["drift_count"]
+    assert sum((D(r["drift"]) for r in rows), D(0)) == D(summary["net_drift"]) == D(summary["csv"]["drift_total"])
+    assert sum((D(r["abs_drift"]) for r in rows), D(0)) == D(summary["total_abs_drift"])
+    by_customer = {int(r["customer_id"]): r for r in rows}
+    assert by_customer[3]["task_id"] == str(history.tasks["t3"])
+    assert by_customer[3]["task_status"] == "needs_review"
+    assert by_customer[5]["task_id"] == str(history.tasks["t5b"])  # the new task, not the dismissed one
+    assert by_customer[6]["explanation"] == "why 6"
+
+
+def test_aging_changes_and_trends_follow_the_scripted_history(engine: Engine, history: History,
+                                                              tmp_path: Path) -> None:
+    """Aging buckets by age at a fixed now; new/persisting/resolved against run 2; trend points per run with
+    the median hours to resolve of the tasks each run opened."""
+    folder = build_run_report(engine, history.runs[2], tmp_path, now=NOW)
+    summary = json.loads((folder / "summary.json").read_text())
+    aging = {label: bucket["tasks"] for label, bucket in summary["aging"].items()}
+    assert aging == {"0-1 days": 2, "1-7 days": 0, "7-30 days": 2, "30+ days": 0}
+    assert D(summary["aging"]["7-30 days"]["abs_drift"]) == D("103.50")
+    assert summary["aging"]["7-30 days"]["needs_review"] == 1
+    assert summary["changes"] == {"previous_run_id": history.runs[1], "new": 1, "persisting": 2, "resolved": 2}
+    html = (folder / "report.html").read_text()
+    assert html.count("<svg") == 3
+    from reconciler.report import fetch_history
+
+    with engine.connect() as conn:
+        points = fetch_history(conn, history.runs[2], 30)
+    assert [p.run_id for p in points] == list(history.runs)
+    assert [p.drift_count for p in points] == [3, 4, 3]
+    assert [p.resolved_tasks for p in points] == [1, 2, 0]
+    assert points[0].median_hours_to_resolve == pytest.approx(2.0)
+    assert points[1].median_hours_to_resolve == pytest.approx((0.5 + 24.0) / 2)
+    assert points[2].median_hours_to_resolve is None
+
+
+def test_report_of_an_earlier_run_and_of_a_clean_run(engine: Engine, history: History, tmp_path: Path) -> None:
+    """Run 1's report ties out its own findings (one corrected by policy ledger); a run without drift reports
+    zeros and still renders."""
+    folder = build_run_report(engine, history.runs[0], tmp_path / "r1", now=NOW)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["corrected_by_policy"] == {"ledger": {"customers": 1, "net_drift": "5.00", "abs_drift": "5.00"}}
+    lines = {line["key"]: D(line["amount"]) for line in summary["tie_out"]["as_found"]}
+    assert lines["net_drift"] == D("102.50")
+    assert lines["net_drift"] + lines["corrected_ledger"] == lines["remaining"] == D("97.50")
+    assert summary["changes"]["previous_run_id"] is None and summary["changes"]["new"] == 3
+    clean = _run(engine, NOW, 0, "0.00")
+    folder = build_run_report(engine, clean, tmp_path / "clean", now=NOW)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["drift_count"] == 0 and summary["total_abs_drift"] == "0.00"
+    assert summary["changes"]["resolved"] == 3
+    assert _read_csv(folder / "tasks.csv") == []
+    assert "No customer drifted beyond the tolerance." in (folder / "report.html").read_text()
+
+
+def test_unknown_run_is_a_clear_error(engine: Engine, tmp_path: Path) -> None:
+    """Asking for a run that does not exist raises RunNotFoundError naming it."""
+    with pytest.raises(RunNotFoundError, match="run 42 does not exist"):
+        build_run_report(engine, 42, tmp_path)
+
+
+def test_report_cli_prints_the_html_path(engine: Engine, history: History, database_env: object,
+                                         tmp_path: Path) -> None:
+    """`reconciler report` reports the latest run by default and prints the HTML file's path."""
+    from reconciler.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    path = Path(result.stdout.strip())
+    assert path == tmp_path / "out" / "report.html" and path.exists()
+    assert f"run {history.runs[2]}" in path.read_text()
+    missing = runner.invoke(app, ["report", "--run", "999"])
+    assert missing.exit_code == 2 and "run 999 does not exist" in missing.output
+
+
+@pytest.mark.slow
+def test_end_to_end_run_then_report(engine: Engine, tmp_path: Path) -> None:
+    """A real run (compare, quality, tasks, corrections, report) leaves a report whose figures equal the run's
+    summary, with the quality results and a working Data Docs link inside the report folder."""
+    from reconciler.pipeline import RunOptions, run_reconciliation
+    from tests.factories import set_cached_balance
+
+    for customer in range(1, 11):
+        _ledger(engine, customer, ["100.00", "-25.00"])
+    set_cached_balance(engine, 3, "80.00")     # +5.00: corrected automatically
+    set_cached_balance(engine, 7, "500.00")    # +425.00: above the auto-correct limit, needs review
+    summary = run_reconciliation(engine, RunOptions(max_drift_ratio=D("1")), report_dir=tmp_path / "report")
+    assert summary.report_path is not None
+    folder = Path(summary.report_path)
+    data = json.loads((folder / "summary.json").read_text())
+    assert (data["drift_count"], data["corrected"], data["needs_review"]) == (
+        summary.drift_count, summary.corrected, summary.needs_review) == (2, 1, 1)
+    assert D(data["total_abs_drift"]) == summary.total_abs_drift == D("430.00")
+    assert data["customers_checked"] == summary.customers_checked == 10
+    assert data["quality"]["evaluated"] >= 10
+    assert data["quality"]["data_docs"] == "data_docs/index.html"
+    assert (folder / "data_docs" / "index.html").exists()
+    rows = _read_csv(folder / "tasks.csv")
+    assert {int(r["customer_id"]): r["task_status"] for r in rows} == {3: "corrected", 7: "needs_review"}
+    assert {r["policy"] for r in rows if r["task_status"] == "corrected"} == {"ledger"}
