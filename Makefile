@@ -23,9 +23,10 @@ test: lint
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/reconciler db upgrade
-	$(BIN)/reconciler demo seed --customers 20000 --entries-per-customer 10 --drift-rate 0.01 --seed 42
-	$(BIN)/reconciler check $$($(BIN)/reconciler demo planted --first)
+	bash scripts/demo.sh
+
+airflow: install
+	bash scripts/airflow.sh
 
 bench: install
 	$(BIN)/python -m bench

@@ -1,0 +1,143 @@
+"""Airflow wiring shared by the reconciler DAGs: which ledger database a task uses, how a DAG run's type
+becomes a run trigger, and the failure callback. No SQL and no business rules: those live in ``reconciler``.
+
+Nothing here touches a database or looks up a connection at import time (the DAG processor imports this
+module on every parse); lookups happen inside the functions, which only tasks and callbacks call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.engine import URL
+
+#: The Airflow connection for the ledger database (``AIRFLOW_CONN_LEDGER_DB`` or the metadata database).
+LEDGER_CONN_ID = "ledger_db"
+#: The Airflow pool that caps concurrent load on the ledger database (created by scripts/airflow-env.sh
+#: and by the compose init service with ``RECONCILER_POOL_SLOTS`` slots).
+LEDGER_POOL = "ledger_db"
+DEFAULT_POOL_SLOTS = 4
+#: A task's own connection pool: a task is one process doing one step, it needs few connections.
+TASK_POOL_SIZE = 2
+
+
+class RunNotClean(AirflowFailException):
+    """Raised by a task after it has already alerted (halted or failed run, stale ledger): the DAG run turns
+    red, and the failure callbacks neither alert twice nor overwrite the run's own status."""
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    """An integer setting from the environment (read at parse time: environment only, never a database)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer; unset it to use {default}") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} is below {minimum}; unset it to use {default}")
+    return value
+
+
+def ledger_url() -> URL | None:
+    """The ledger URL from the Airflow connection ``ledger_db``, or None when it does not exist (then
+    :func:`reconciler.db.make_engine` uses ``RECONCILER_DATABASE_URL``, else the embedded database)."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from reconciler.connections import database_url_from_uri
+
+    try:
+        connection = Connection.get(LEDGER_CONN_ID)
+    except AirflowNotFoundException:
+        return None
+    return database_url_from_uri(connection.get_uri())
+
+
+@contextmanager
+def ledger_engine() -> Iterator[Engine]:
+    """An engine on the ledger database for one task, disposed when the task is done."""
+    from reconciler.db import make_engine
+
+    engine = make_engine(ledger_url(), pool_size=TASK_POOL_SIZE, max_overflow=TASK_POOL_SIZE)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def ledger_step() -> Iterator[Engine]:
+    """The ledger engine for one pipeline step. A broken contract (a :class:`ReconcilerError` such as a run that
+    is no longer running or an unknown customer) fails the task at once, since retrying cannot help; an
+    unreachable database or a persisting deadlock is retried with backoff."""
+    from reconciler.errors import DatabaseUnavailableError, ReconcilerError, TransientDatabaseError
+
+    with ledger_engine() as engine:
+        try:
+            yield engine
+        except (DatabaseUnavailableError, TransientDatabaseError):
+            raise
+        except ReconcilerError as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def trigger_of(run_type: object) -> str:
+    """The run trigger recorded in ``reconciler.runs`` for an Airflow DAG run type: timetable runs
+    (scheduled, backfill) are ``scheduled``; everything a person or another system started is ``manual``."""
+    value = str(getattr(run_type, "value", run_type))
+    return "scheduled" if value in ("scheduled", "backfill") else "manual"
+
+
+def jsonable(value: object) -> Any:
+    """``value`` as plain JSON types (decimals and paths as strings) so it can travel in XCom."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_id_of(context: Mapping[str, Any]) -> int | None:
+    """The reconciler run id of this DAG run (the XCom of ``start_run``), or None before it exists."""
+    ti = context.get("ti")
+    if ti is None:
+        return None
+    value = ti.xcom_pull(task_ids="start_run")
+    return int(value) if value is not None else None
+
+
+def failure_reason(context: Mapping[str, Any]) -> str:
+    """One line saying which task failed and why, for the run's error column and the alert."""
+    ti = context.get("ti")
+    where = "unknown task"
+    if ti is not None:
+        map_index = getattr(ti, "map_index", -1)
+        where = f"{ti.dag_id}.{ti.task_id}" + (f"[{map_index}]" if map_index is not None and map_index >= 0 else "")
+        where += f" (try {getattr(ti, 'try_number', '?')})"
+    exception = context.get("exception")
+    error = f"{type(exception).__name__}: {exception}" if exception is not None else "no exception recorded"
+    return f"{where}: {error}"
+
+
+def already_alerted(context: Mapping[str, Any]) -> bool:
+    return isinstance(context.get("exception"), RunNotClean)
+
+
+def mark_run_failed(context: Mapping[str, Any]) -> None:
+    """Failure callback: mark this DAG run's reconciler run ``failed`` with the reason (a no-op when the run
+    already finished, e.g. halted, or when it was never started)."""
+    if already_alerted(context):
+        return
+    run_id = run_id_of(context)
+    if run_id is None:
+        return
+    from reconciler import pipeline
+
+    with ledger_engine() as engine:
+        pipeline.mark_run_failed(engine, run_id, failure_reason(context))

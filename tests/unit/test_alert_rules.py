@@ -1,0 +1,196 @@
+"""Alerts: which outcomes alert and what they say; channels from connection fields; connection URIs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, replace
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from reconciler.alerts import (
+    DEFAULT_MAX_AGE,
+    Alert,
+    EmailChannel,
+    WebhookChannel,
+    alert_for_failure,
+    alert_for_staleness,
+    alert_for_summary,
+    build_email,
+    channel_from_connection,
+    parse_drift_threshold,
+)
+from reconciler.connections import database_url_from_uri
+from reconciler.errors import InvalidAmountError, InvalidOperationError
+
+NOW = dt.datetime(2026, 11, 26, 3, 0, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: int = 7
+    status: str = "succeeded"
+    customers_checked: int = 20_000
+    drift_count: int = 3
+    corrected: int = 2
+    needs_review: int = 1
+    open: int = 0
+    total_abs_drift: Decimal = Decimal("250.00")
+    halted_reason: str | None = None
+    report_path: str | None = "/srv/reports/run-7"
+    error: str | None = None
+
+
+def test_clean_run_below_threshold_does_not_alert() -> None:
+    """A succeeded run whose drift is within the threshold produces no alert."""
+    assert alert_for_summary(Outcome(), drift_above=Decimal("1000.00")) is None
+
+
+def test_drift_exactly_at_threshold_does_not_alert_but_one_cent_more_does() -> None:
+    """The drift alert is strictly above the threshold, like drift itself is strictly above tolerance."""
+    assert alert_for_summary(Outcome(total_abs_drift=Decimal("1000.00")), drift_above=Decimal("1000.00")) is None
+    alert = alert_for_summary(Outcome(total_abs_drift=Decimal("1000.01")), drift_above=Decimal("1000.00"))
+    assert alert is not None and alert.kind == "drift" and alert.run_id == 7
+    assert "1,000.01" in alert.subject and "1,000.00" in alert.subject
+    assert alert.details["total_abs_drift"] == "1000.01"
+
+
+def test_no_threshold_disables_the_drift_alert_only() -> None:
+    """drift_above=None never alerts on drift, but a halted run still alerts."""
+    assert alert_for_summary(Outcome(total_abs_drift=Decimal("99999.00")), drift_above=None) is None
+    assert alert_for_summary(Outcome(status="halted", halted_reason="too many"), drift_above=None) is not None
+
+
+def test_halted_run_alerts_with_reason_counts_and_next_step() -> None:
+    """A halted run alerts even with tiny drift, naming the reason, the counts and the command to review."""
+    outcome = Outcome(status="halted", total_abs_drift=Decimal("0.05"),
+                      halted_reason="6.0% of checked customers drift, above max_drift_ratio 5.0%")
+    alert = alert_for_summary(outcome)
+    assert alert is not None and alert.kind == "halted"
+    assert "halted" in alert.subject and "6.0%" in alert.text
+    assert "reconciler tasks list --run 7" in alert.text and "20000 customers checked" in alert.text
+
+
+def test_failed_run_alert_carries_the_error() -> None:
+    """A failed run alerts with its recorded error."""
+    alert = alert_for_summary(Outcome(status="failed", error="compare_chunk[2]: OperationalError: gone"))
+    assert alert is not None and alert.kind == "failed" and "OperationalError: gone" in alert.text
+
+
+def test_failure_alert_names_where_and_run() -> None:
+    """A task failure alert names the run, the task and the error; without a run it says so."""
+    alert = alert_for_failure(run_id=12, where="ledger_reconciliation.compare_chunk[3] (try 4)", error="boom")
+    assert alert.subject == "Reconciliation run 12 failed in ledger_reconciliation.compare_chunk[3] (try 4)"
+    assert alert.text.startswith("boom.") and alert.details["error"] == "boom"
+    assert "before a run was recorded" in alert_for_failure(run_id=None, where="start_run", error="x").subject
+
+
+def test_staleness_is_strictly_older_than_max_age() -> None:
+    """Exactly 26 hours is fine; a second more alerts; the default max age is 26 hours."""
+    assert dt.timedelta(hours=26) == DEFAULT_MAX_AGE
+    assert alert_for_staleness(NOW - dt.timedelta(hours=26), NOW) is None
+    alert = alert_for_staleness(NOW - dt.timedelta(hours=26, seconds=1), NOW)
+    assert alert is not None and alert.kind == "stale" and "26.0 hours" in alert.subject
+
+
+def test_never_succeeded_is_stale() -> None:
+    """With no successful run at all the watchdog alerts (a job that never ran is not green)."""
+    alert = alert_for_staleness(None, NOW, dt.timedelta(hours=2))
+    assert alert is not None and alert.kind == "stale" and alert.details["last_success_at"] is None
+
+
+def test_staleness_rejects_a_non_positive_age() -> None:
+    """A zero max age is a configuration error, not a permanent alert."""
+    with pytest.raises(InvalidOperationError, match="max_age must be positive"):
+        alert_for_staleness(None, NOW, dt.timedelta(0))
+
+
+def test_unknown_alert_kind_is_rejected() -> None:
+    """Alert kinds are a closed set."""
+    with pytest.raises(InvalidOperationError, match="alert kind"):
+        Alert("panic", "s", "t")
+
+
+def test_webhook_payload_is_json_with_text_first() -> None:
+    """The payload has the chat-friendly text plus structured fields; decimals are strings."""
+    alert = alert_for_summary(replace(Outcome(), status="halted"))
+    assert alert is not None
+    payload = alert.to_json()
+    assert payload["text"] == f"{alert.subject}\n{alert.text}"
+    assert payload["kind"] == "halted" and payload["source"] == "reconciler" and payload["run_id"] == 7
+    assert payload["details"]["total_abs_drift"] == "250.00"  # type: ignore[index]
+
+
+def test_threshold_parsing() -> None:
+    """Empty disables; money parses exactly; negative and float thresholds are refused."""
+    assert parse_drift_threshold(None) is None and parse_drift_threshold("  ") is None
+    assert parse_drift_threshold("1000") == Decimal("1000.00")
+    with pytest.raises(InvalidOperationError):
+        parse_drift_threshold("-1")
+    with pytest.raises(InvalidAmountError):
+        parse_drift_threshold(10.5)
+
+
+def test_webhook_channel_from_airflow_connection_fields() -> None:
+    """An http(s) connection's fields give back the URL; the description hides the path (it holds tokens)."""
+    channel = channel_from_connection("https", host="hooks.example.com", port=None, schema="services/T0/B0/XYZ")
+    assert channel == WebhookChannel(url="https://hooks.example.com/services/T0/B0/XYZ")
+    assert channel.describe() == "webhook https://hooks.example.com"
+    local = channel_from_connection("http", host="127.0.0.1", port=8099, schema="alerts", extra={"timeout": "2"})
+    assert local == WebhookChannel(url="http://127.0.0.1:8099/alerts", timeout=2.0)
+    assert channel_from_connection("http", host=None, extra={"url": "https://x.test/h"}).url == "https://x.test/h"
+
+
+def test_email_channel_from_connection_fields() -> None:
+    """An smtp connection needs `to`; starttls, login and from come from the fields and extras."""
+    channel = channel_from_connection("smtp", host="mail.example.com", port=587, login="bot", password="pw",
+                                      extra={"to": "finance@example.com, ops@example.com", "starttls": "true"})
+    assert isinstance(channel, EmailChannel)
+    assert channel.recipients == ("finance@example.com", "ops@example.com") and channel.starttls
+    assert channel.sender == "reconciler@mail.example.com" and channel.username == "bot"
+    assert "pw" not in repr(channel)
+    assert channel_from_connection("smtps", host="m", extra={"to": "a@b"}).port == 465  # type: ignore[union-attr]
+    with pytest.raises(InvalidOperationError, match="needs a host"):
+        channel_from_connection("smtp", host="mail.example.com")
+
+
+def test_unknown_channel_type_is_rejected() -> None:
+    """A connection type that is neither webhook nor mail is a clear configuration error."""
+    with pytest.raises(InvalidOperationError, match="use http/https for a webhook or smtp"):
+        channel_from_connection("slack", host="x")
+
+
+def test_email_body_lists_the_details() -> None:
+    """The mail's subject is tagged and its body holds the text and the sorted details."""
+    channel = EmailChannel(host="m", port=25, sender="r@m", recipients=("a@b",))
+    message = build_email(channel, alert_for_failure(run_id=3, where="t", error="boom"))
+    assert message["Subject"] == "[reconciler] Reconciliation run 3 failed in t"
+    assert "boom." in message.get_content() and "where: t" in message.get_content()
+
+
+def test_connection_uri_becomes_a_psycopg_url_without_airflow_extras() -> None:
+    """Airflow's postgres:// URI becomes postgresql+psycopg://, keeps libpq parameters, drops extras."""
+    url = database_url_from_uri(
+        "postgres://fin%40ance:p%2Fw@db.internal:5433/ledger?sslmode=require&cursor=realdictcursor&__extra__=%7B%7D")
+    assert url.drivername == "postgresql+psycopg" and url.username == "fin@ance" and url.password == "p/w"
+    assert (url.host, url.port, url.database) == ("db.internal", 5433, "ledger")
+    assert dict(url.query) == {"sslmode": "require"}
+
+
+def test_socket_connection_uri_keeps_the_host_query() -> None:
+    """A Unix-socket database (host in the query, as the embedded server uses) survives the conversion."""
+    url = database_url_from_uri("postgres://postgres@localhost/ledger?host=%2Ftmp%2Fpg")
+    assert url == make_url("postgresql+psycopg://postgres@localhost/ledger?host=/tmp/pg")
+
+
+@pytest.mark.parametrize("uri, match", [
+    ("mysql://u@h/db", "has type 'mysql'"),
+    ("postgres://u:secret@h:5432", "names no database"),
+    ("not a uri", "is not a URI"),
+])
+def test_bad_connection_uris_are_rejected_without_the_password(uri: str, match: str) -> None:
+    """Wrong type, no database or garbage raise a named error that never shows the password."""
+    with pytest.raises(InvalidOperationError, match=match) as raised:
+        database_url_from_uri(uri)
+    assert "secret" not in str(raised.value)
