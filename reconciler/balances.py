@@ -73,8 +73,10 @@ from sqlalchemy import Connection, Engine, TextClause, text
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError
 
+from reconciler.db import describe_url
 from reconciler.errors import (
     CustomerNotFoundError,
+    DatabaseUnavailableError,
     IdempotencyConflictError,
     InsufficientFundsError,
     InvalidAmountError,
@@ -1020,7 +1022,11 @@ class BalanceManager:
         for number in range(self.max_retries + 1):
             try:
                 return attempt()
+            except psycopg.OperationalError as exc:  # the pool connecting anew: raw driver errors
+                raise _unavailable(self.engine, exc) from exc
             except DBAPIError as exc:
+                if exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError):
+                    raise _unavailable(self.engine, exc.orig or exc) from exc
                 if not is_retryable(exc):
                     raise
                 last = exc
@@ -1132,3 +1138,12 @@ def _open_realtime_task(conn: Connection, customer_id: int, before: Decimal, dri
     log.warning("customer %s: balance before entry %s is %s but the chain says %s (drift %s); %s",
                 customer_id, entry_id, before, expected, drift,
                 f"opened realtime task {opened}" if opened is not None else "an unresolved task already exists")
+
+
+def _unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailableError:
+    """The database went away during a change: its outcome is unknown when the statement had been sent, so the
+    message says how to make the retry exactly-once."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DatabaseUnavailableError(
+        f"lost the ledger database ({describe_url(engine.url)}): {reason}. If the change was sent it may have been "
+        f"applied: retry it with the same idempotency_key once the database is back, so it applies exactly once")

@@ -62,6 +62,12 @@ def start_embedded(home: Path | None = None, database: str = EMBEDDED_DATABASE) 
     import pgserver  # noqa: PLC0415  (heavy, and needs XDG_RUNTIME_DIR set first)
 
     server = pgserver.get_server(pgdata_dir(home), cleanup_mode=None)
+    info = pgserver.utils.PostmasterInfo.read_from_pgdata(server.pgdata)
+    if info is None or not info.is_running():
+        # pgserver caches one handle per folder for the life of the process and never restarts its server:
+        # a long-lived process (an Airflow worker, a service) must bring a stopped server back itself.
+        with server._lock:
+            server.ensure_postgres_running()
     socket_path = server.get_postmaster_info().socket_path
     assert socket_path is not None  # pgserver always listens on a Unix socket here
     socket_dir = socket_path.parent

@@ -52,6 +52,7 @@ from reconciler.errors import (
 )
 from reconciler.explain import explain_drifts
 from reconciler.money import ZERO, format_money, to_money
+from reconciler.report_model import DriftLine
 from reconciler.schema import findings, run_chunks
 
 DEFAULT_CHUNK_SIZE = 10_000
@@ -810,21 +811,7 @@ def _record_failure(engine: Engine, run_id: int, reason: str) -> None:
 
 # ---- reading for people -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ExplainedDrift:
-    """A finding with its probable cause and the customer's task now."""
-
-    customer_id: int
-    stored_balance: Decimal
-    ledger_sum: Decimal
-    drift: Decimal
-    cause: str | None
-    summary: str | None
-    task_id: int | None
-    task_status: str | None
-
-
-def top_drifts(engine: Engine, run_id: int, limit: int = 10) -> list[ExplainedDrift]:
+def top_drifts(engine: Engine, run_id: int, limit: int = 10) -> list[DriftLine]:
     """The run's largest drifts (by absolute value) with their explanations and task status."""
     with engine.connect() as conn:
         rows = conn.execute(text("""
@@ -835,7 +822,7 @@ def top_drifts(engine: Engine, run_id: int, limit: int = 10) -> list[ExplainedDr
                                order by t.id desc limit 1) t on true
             where f.run_id = :run order by abs(f.drift) desc, f.customer_id limit :limit"""),
                             {"run": run_id, "limit": limit}).all()
-    return [ExplainedDrift(int(r.customer_id), Decimal(r.stored_balance), Decimal(r.ledger_sum), Decimal(r.drift),
+    return [DriftLine(int(r.customer_id), Decimal(r.stored_balance), Decimal(r.ledger_sum), Decimal(r.drift),
                            r.cause, r.summary, r.task_id, r.task_status) for r in rows]
 
 

@@ -437,8 +437,3 @@ def store_outcomes(conn: Connection, run_id: int, outcomes: Sequence[Expectation
         conn.execute(insert(quality_results), [
             {"run_id": run_id, "suite": o.suite, "expectation": o.expectation, "success": o.success,
              "details": o.details(docs_dir), "evaluated_at": evaluated_at} for o in outcomes])
-
-
-def latest_run_id(conn: Connection) -> int | None:
-    value = conn.execute(select(runs.c.id).order_by(runs.c.id.desc()).limit(1)).scalar()
-    return None if value is None else int(value)

@@ -51,6 +51,21 @@ def fail(message: str, code: ExitCode = ExitCode.USAGE) -> NoReturn:
     raise typer.Exit(int(code))
 
 
+def run_or_latest(engine: Engine, run: int | None, what: str) -> int:
+    """``run`` when given, else the latest run's id; exits 2 when there is no run to ``what`` yet."""
+    if run is not None:
+        return run
+    from sqlalchemy import select  # noqa: PLC0415
+
+    from reconciler.schema import runs  # noqa: PLC0415
+
+    with engine.connect() as conn:
+        latest = conn.execute(select(runs.c.id).order_by(runs.c.id.desc()).limit(1)).scalar()
+    if latest is None:
+        fail(f"there is no run to {what} yet; start one with `reconciler run`", ExitCode.USAGE)
+    return int(latest)
+
+
 def open_engine() -> Engine:
     """The ledger engine for a command (``RECONCILER_DATABASE_URL`` or the embedded database)."""
     from reconciler.db import make_engine  # noqa: PLC0415

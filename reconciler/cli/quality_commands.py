@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.cli.app import ExitCode, app, emit_json, fail, open_engine
+from reconciler.cli.app import ExitCode, app, emit_json, fail, open_engine, run_or_latest
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 if TYPE_CHECKING:
@@ -28,18 +28,14 @@ def quality(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Evaluate the expectation suites (Great Expectations, in PostgreSQL) and store the results with the run."""
-    from reconciler.quality import check_run_quality, latest_run_id  # noqa: PLC0415
+    from reconciler.quality import check_run_quality  # noqa: PLC0415
 
     try:
         engine = open_engine()
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     try:
-        if run is None:
-            with engine.connect() as conn:
-                run = latest_run_id(conn)
-            if run is None:
-                fail("there is no run to check yet; start one with `reconciler run`", ExitCode.USAGE)
+        run = run_or_latest(engine, run, "check")
         summary = check_run_quality(engine, run, out, full=full)
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)

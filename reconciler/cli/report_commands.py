@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from reconciler.cli.app import ExitCode, app, fail, open_engine
+from reconciler.cli.app import ExitCode, app, fail, open_engine, run_or_latest
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 
@@ -18,7 +18,6 @@ def report(
                                                           ".reconciler/reports/run-N).")] = None,
 ) -> None:
     """Build the finance report of a run and print the path of its HTML file."""
-    from reconciler.quality import latest_run_id  # noqa: PLC0415
     from reconciler.report import build_run_report, report_html_path  # noqa: PLC0415
 
     try:
@@ -26,11 +25,7 @@ def report(
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     try:
-        if run is None:
-            with engine.connect() as conn:
-                run = latest_run_id(conn)
-            if run is None:
-                fail("there is no run to report yet; start one with `reconciler run`", ExitCode.USAGE)
+        run = run_or_latest(engine, run, "report")
         folder = build_run_report(engine, run, out)
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
