@@ -1022,10 +1022,12 @@ class BalanceManager:
         for number in range(self.max_retries + 1):
             try:
                 return attempt()
-            except psycopg.OperationalError as exc:  # the pool connecting anew: raw driver errors
+            except psycopg.OperationalError as exc:  # the pool connecting anew raises raw driver errors
+                if not is_connection_failure(exc):
+                    raise
                 raise _unavailable(self.engine, exc) from exc
             except DBAPIError as exc:
-                if exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError):
+                if exc.connection_invalidated or is_connection_failure(exc.orig):
                     raise _unavailable(self.engine, exc.orig or exc) from exc
                 if not is_retryable(exc):
                     raise
@@ -1138,6 +1140,19 @@ def _open_realtime_task(conn: Connection, customer_id: int, before: Decimal, dri
     log.warning("customer %s: balance before entry %s is %s but the chain says %s (drift %s); %s",
                 customer_id, entry_id, before, expected, drift,
                 f"opened realtime task {opened}" if opened is not None else "an unresolved task already exists")
+
+
+#: SQLSTATEs of a lost server: connection exceptions (class 08) and shutdowns (57P01-57P03).
+CONNECTION_FAILURE_STATES = ("57P01", "57P02", "57P03")
+
+
+def is_connection_failure(exc: BaseException | None) -> bool:
+    """True when ``exc`` says the server is gone (no SQLSTATE at all, class 08, or a shutdown), not when a
+    statement failed on a live connection (serialization failures, lock timeouts and the like)."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in CONNECTION_FAILURE_STATES
 
 
 def _unavailable(engine: Engine, exc: BaseException) -> DatabaseUnavailableError:
