@@ -9,7 +9,7 @@ settings below (a customer range or ids, tolerance, policy, guardrails, dry run)
 **Steps** (each calls one `reconciler.pipeline` function; every step can be retried or rerun and
 changes nothing the second time; findings are staged in `reconciler.findings` before anything acts):
 `start_run` → `plan_chunks` → `compare_chunk` (one mapped task per chunk of customer ids, in pool
-`ledger_db`) → `check_quality` → `open_tasks` → `apply_corrections` → `build_report` → `finish_run`
+`ledger_db`) → `check_quality` → `open_tasks` → `apply_corrections` → `finish_run` → `build_report`
 → `send_alerts`.
 
 **Database**: the Airflow connection `ledger_db`, else `RECONCILER_DATABASE_URL`, else the embedded
@@ -224,7 +224,8 @@ def ledger_reconciliation() -> None:
     # ``run`` is the reconciler run id (an XComArg here, an int inside the tasks; Airflow reserves "run_id").
     run: Any = start_run()
     compared = compare_chunk.expand(chunk=plan_chunks(run))
-    chain(compared, check_quality(run), open_tasks(run), apply_corrections(run), build_report(run), finish_run(run),
+    # The report is built after the run is finished, so it shows the run's final status.
+    chain(compared, check_quality(run), open_tasks(run), apply_corrections(run), finish_run(run), build_report(run),
           send_alerts(run))
 
 

@@ -775,8 +775,10 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
                 check_quality(engine, run_id)
                 open_run_tasks(engine, run_id)
                 apply_run_corrections(engine, run_id)
+                finish_run(engine, run_id)
+                # After finishing, so the filed report shows the run's final status, not "running".
                 build_report(engine, run_id, report_dir)
-                return finish_run(engine, run_id)
+                return load_summary(engine, run_id)
             except Exception as exc:
                 reason = describe_error(exc)
                 _record_failure(engine, run_id, reason)

@@ -91,7 +91,7 @@ def test_reconciliation_dag_is_configured_as_agreed(dagbag: Any) -> None:
     assert {"reconciler", "finance"} <= set(dag.tags)
     assert [t.task_id for t in dag.topological_sort()] == [
         "start_run", "plan_chunks", "compare_chunk", "check_quality", "open_tasks", "apply_corrections",
-        "build_report", "finish_run", "send_alerts"]
+        "finish_run", "build_report", "send_alerts"]
 
 
 def test_compare_is_mapped_in_the_ledger_pool_with_backoff(dagbag: Any) -> None:
