@@ -326,18 +326,9 @@ def _is_numeric_overflow(exc: BaseException) -> bool:
 # --------------------------------------------------------------------------------------------------
 # SQL (bound parameters only)
 
-# The fast path: ONE autocommit statement (one round trip, its own transaction). The UPDATE takes the row
-# lock and, after any lock wait, re-checks its WHERE against the newest committed row; it changes the
-# balance only when the funds guard holds, the key is unused, and the balance still equals what the
-# chain (previous entry or anchor, as this statement's snapshot saw them) expects. Otherwise it writes
-# nothing and the caller takes the locked path, which finds out exactly why.
-_FAST_CHANGE = text("""
-WITH key_hit AS (
-    SELECT id, customer_id, amount, kind, balance_after
-    FROM customer_ledger_entries
-    WHERE idempotency_key = CAST(:idempotency_key AS text)
-),
-previous AS (
+#: The chain link a change must follow: the customer's latest entry (one backward step on the
+#: (customer_id, id) index) and the latest reconciliation anchor. Shared by both change statements.
+_CHAIN_LINK_CTES = """previous AS (
     SELECT id, balance_after FROM customer_ledger_entries
     WHERE customer_id = CAST(:customer_id AS bigint)
     ORDER BY id DESC LIMIT 1
@@ -346,7 +337,20 @@ anchor AS (
     SELECT chain_entry_id, balance_after FROM reconciler.balance_reconciliations
     WHERE customer_id = CAST(:customer_id AS bigint)
     ORDER BY id DESC LIMIT 1
+),"""
+
+# The fast path: ONE autocommit statement (one round trip, its own transaction). The UPDATE takes the row
+# lock and, after any lock wait, re-checks its WHERE against the newest committed row; it changes the
+# balance only when the funds guard holds, the key is unused, and the balance still equals what the
+# chain (previous entry or anchor, as this statement's snapshot saw them) expects. Otherwise it writes
+# nothing and the caller takes the locked path, which finds out exactly why.
+_FAST_CHANGE = text(f"""
+WITH key_hit AS (
+    SELECT id, customer_id, amount, kind, balance_after
+    FROM customer_ledger_entries
+    WHERE idempotency_key = CAST(:idempotency_key AS text)
 ),
+{_CHAIN_LINK_CTES}
 expected AS (
     SELECT CASE
         WHEN anchor.balance_after IS NOT NULL AND anchor.chain_entry_id IS NOT DISTINCT FROM previous.id
@@ -392,17 +396,8 @@ FOR UPDATE OF c
 
 # The locked path, statement 2: started after the lock was granted, so its snapshot sees every change
 # committed before; it writes the exact new balance and returns the chain link the entry follows.
-_LOCKED_CHANGE = text("""
-WITH previous AS (
-    SELECT id, balance_after FROM customer_ledger_entries
-    WHERE customer_id = CAST(:customer_id AS bigint)
-    ORDER BY id DESC LIMIT 1
-),
-anchor AS (
-    SELECT chain_entry_id, balance_after FROM reconciler.balance_reconciliations
-    WHERE customer_id = CAST(:customer_id AS bigint)
-    ORDER BY id DESC LIMIT 1
-),
+_LOCKED_CHANGE = text(f"""
+WITH {_CHAIN_LINK_CTES}
 changed AS (
     UPDATE customers SET balance = CAST(:balance_after AS numeric), updated_at = now()
     WHERE id = CAST(:customer_id AS bigint)

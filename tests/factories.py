@@ -54,3 +54,11 @@ def entry_count(engine: Engine, customer_id: int | None = None) -> int:
         query = query.where(ledger_entries.c.customer_id == customer_id)
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
+
+
+def make_drifting_customer(engine: Engine, customer_id: int, total: str = "100.00", drift: str = "0.00") -> int:
+    """A customer with one entry of ``total`` (balance_after set) and a cached balance of total + drift."""
+    make_customer(engine, customer_id)
+    post_entry(engine, customer_id, total, balance_after=total)
+    set_cached_balance(engine, customer_id, Decimal(total) + Decimal(drift))
+    return customer_id

@@ -13,19 +13,18 @@ from reconciler.balances import BalanceManager
 from reconciler.corrections import Outcome, TaskRef, apply_correction
 from reconciler.pipeline import RunOptions
 from reconciler.tasks import TaskView, list_tasks
-from tests.factories import cached_balance, entry_count, ledger_sum, make_customer, post_entry, set_cached_balance
+from tests.factories import (
+    cached_balance,
+    entry_count,
+    ledger_sum,
+    make_drifting_customer,
+    set_cached_balance,
+)
 
 NO_HALT = Decimal("1")
 
 
 pytestmark = pytest.mark.usefixtures("quick_quality_and_report")
-
-
-def ledger_customer(engine: Engine, customer_id: int, total: str = "100.00", drift: str = "0.00") -> int:
-    make_customer(engine, customer_id)
-    post_entry(engine, customer_id, total, balance_after=total)
-    set_cached_balance(engine, customer_id, Decimal(total) + Decimal(drift))
-    return customer_id
 
 
 def staged_run(engine: Engine, options: RunOptions) -> int:
@@ -51,7 +50,7 @@ def reconciliations(engine: Engine) -> int:
 @pytest.mark.parametrize("policy", ["ledger", "balance"])
 def test_the_same_correction_applied_twice_changes_nothing(engine: Engine, policy: str) -> None:
     """apply_correction twice for one task: the second replays the first (same key), no new entry or balance."""
-    ledger_customer(engine, 1, drift="7.00")
+    make_drifting_customer(engine, 1, drift="7.00")
     run_id = staged_run(engine, RunOptions(max_drift_ratio=NO_HALT))
     task = TaskRef(the_task(engine, 1).id, 1, run_id)
     core = BalanceManager(engine)
@@ -68,7 +67,7 @@ def test_the_same_correction_applied_twice_changes_nothing(engine: Engine, polic
 
 def test_a_drift_that_vanished_before_the_correction_is_left_alone(engine: Engine) -> None:
     """Fixed between comparison and correction: nothing is written and the task is dismissed saying why."""
-    ledger_customer(engine, 1, drift="7.00")
+    make_drifting_customer(engine, 1, drift="7.00")
     run_id = staged_run(engine, RunOptions(max_drift_ratio=NO_HALT, policy="balance"))
     set_cached_balance(engine, 1, "100.00")
     result = pipeline.apply_run_corrections(engine, run_id)
@@ -80,7 +79,7 @@ def test_a_drift_that_vanished_before_the_correction_is_left_alone(engine: Engin
 
 def test_a_drift_that_changed_is_corrected_as_it_stands_now(engine: Engine) -> None:
     """The drift grew from 7.00 to 9.50 after the comparison: the correction uses 9.50, not the stale 7.00."""
-    ledger_customer(engine, 1, drift="7.00")
+    make_drifting_customer(engine, 1, drift="7.00")
     run_id = staged_run(engine, RunOptions(max_drift_ratio=NO_HALT, policy="balance"))
     set_cached_balance(engine, 1, "109.50")
     result = pipeline.apply_run_corrections(engine, run_id)
@@ -92,7 +91,7 @@ def test_a_drift_that_changed_is_corrected_as_it_stands_now(engine: Engine) -> N
 
 def test_a_drift_that_grew_beyond_the_limit_goes_to_review_instead(engine: Engine) -> None:
     """Found at 7.00, grown to 500.00 before the correction: it needs review and nothing is written."""
-    ledger_customer(engine, 1, drift="7.00")
+    make_drifting_customer(engine, 1, drift="7.00")
     run_id = staged_run(engine, RunOptions(max_drift_ratio=NO_HALT))
     set_cached_balance(engine, 1, "600.00")
     result = pipeline.apply_run_corrections(engine, run_id)
@@ -106,8 +105,8 @@ def test_a_locked_customer_defers_the_correction_and_the_run_still_finishes(
     """A payment holding the row lock makes the correction time out (lock_timeout): the task stays open, the
     other customer is corrected, the run succeeds, and the next run corrects the deferred one."""
     monkeypatch.setattr(corrections, "DEFAULT_LOCK_TIMEOUT", dt.timedelta(milliseconds=200))
-    ledger_customer(engine, 1, drift="7.00")
-    ledger_customer(engine, 2, drift="3.00")
+    make_drifting_customer(engine, 1, drift="7.00")
+    make_drifting_customer(engine, 2, drift="3.00")
     options = RunOptions(max_drift_ratio=NO_HALT)
     run_id = staged_run(engine, options)
     with engine.connect() as payment:
@@ -130,7 +129,7 @@ def test_a_locked_customer_defers_the_correction_and_the_run_still_finishes(
 def test_a_correction_left_in_flight_is_completed_not_repeated(engine: Engine) -> None:
     """The process died after the core corrected but before the task was updated: the next run finds the
     customer clean, keeps the task, replays the same key (no second correction) and records it corrected."""
-    ledger_customer(engine, 1, drift="7.00")
+    make_drifting_customer(engine, 1, drift="7.00")
     first = staged_run(engine, RunOptions(max_drift_ratio=NO_HALT, policy="balance"))
     task = the_task(engine, 1)
     from reconciler import tasks
@@ -150,7 +149,7 @@ def test_a_correction_left_in_flight_is_completed_not_repeated(engine: Engine) -
 
 def test_a_task_resolved_meanwhile_is_not_corrected(engine: Engine) -> None:
     """A person dismissed the task between the comparison and the correction step: nothing is written."""
-    ledger_customer(engine, 1, drift="7.00")
+    make_drifting_customer(engine, 1, drift="7.00")
     run_id = staged_run(engine, RunOptions(max_drift_ratio=NO_HALT))
     from reconciler.tasks import resolve_task
 

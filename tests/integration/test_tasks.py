@@ -14,20 +14,18 @@ from reconciler.errors import InvalidOperationError, TaskNotFoundError, TaskStat
 from reconciler.pipeline import RunOptions, run_reconciliation
 from reconciler.schema import tasks as tasks_table
 from reconciler.tasks import TaskView, get_task, list_tasks, resolve_task
-from tests.factories import cached_balance, entry_count, ledger_sum, make_customer, post_entry, set_cached_balance
+from tests.factories import (
+    cached_balance,
+    entry_count,
+    ledger_sum,
+    make_drifting_customer,
+    set_cached_balance,
+)
 
 DRY = RunOptions(dry_run=True, max_drift_ratio=Decimal("1"))
 
 
 pytestmark = pytest.mark.usefixtures("quick_quality_and_report")
-
-
-def ledger_customer(engine: Engine, customer_id: int, total: str = "100.00", drift: str = "0.00") -> int:
-    """A customer with one entry of ``total`` (balance_after set) and a balance of total + drift."""
-    make_customer(engine, customer_id)
-    post_entry(engine, customer_id, total, balance_after=total)
-    set_cached_balance(engine, customer_id, Decimal(total) + Decimal(drift))
-    return customer_id
 
 
 def only_task(engine: Engine, customer_id: int) -> TaskView:
@@ -40,10 +38,10 @@ def only_task(engine: Engine, customer_id: int) -> TaskView:
 @pytest.fixture
 def drifting(engine: Engine) -> Engine:
     """Customers 1..4: 2 drifts +4.00, 3 drifts +250.00 (beyond the limit), 1 and 4 clean."""
-    ledger_customer(engine, 1)
-    ledger_customer(engine, 2, drift="4.00")
-    ledger_customer(engine, 3, drift="250.00")
-    ledger_customer(engine, 4)
+    make_drifting_customer(engine, 1)
+    make_drifting_customer(engine, 2, drift="4.00")
+    make_drifting_customer(engine, 3, drift="250.00")
+    make_drifting_customer(engine, 4)
     return engine
 
 
