@@ -143,7 +143,10 @@ def ledger_reconciliation() -> None:
         context = get_current_context()
         options = _run_options(dict(context["params"]))
         with ledger_step() as engine:
-            return pipeline.start_run(engine, options, trigger_of(context["dag_run"].run_type))
+            dag_run = context["dag_run"]
+            # Keyed by the Airflow run: a retry of this task returns the run it already started.
+            return pipeline.start_run(engine, options, trigger_of(dag_run.run_type),
+                                      key=f"airflow:{dag_run.dag_id}:{dag_run.run_id}")
 
     @task
     def plan_chunks(run: int) -> list[dict[str, int]]:

@@ -335,10 +335,11 @@ def _check_customers_exist(conn: Connection, options: RunOptions) -> None:
             f"customers; check the ids (nothing was run)")
 
 
-def _begin_run(conn: Connection, options: RunOptions, trigger: str, *, session_lock: bool) -> int:
+def _begin_run(conn: Connection, options: RunOptions, trigger: str, *, session_lock: bool,
+               key: str | None = None) -> int:
     _local_timeouts(conn)
     _check_customers_exist(conn, options)
-    run_id = runs.insert_run(conn, options.to_params(), trigger, session_lock=session_lock)
+    run_id = runs.insert_run(conn, options.to_params(), trigger, session_lock=session_lock, key=key)
     abandoned = runs.fail_abandoned_runs(conn, by_run_id=run_id)
     if abandoned:
         runs.merge_outcome(conn, run_id, {"abandoned_runs": [{"run_id": a.run_id, "reason": a.reason}
@@ -346,14 +347,16 @@ def _begin_run(conn: Connection, options: RunOptions, trigger: str, *, session_l
     return run_id
 
 
-def start_run(engine: Engine, options: RunOptions, trigger: str) -> int:
+def start_run(engine: Engine, options: RunOptions, trigger: str, *, key: str | None = None) -> int:
     """Insert a ``running`` run with its params and trigger; first marks dead runs ``failed``.
 
     Unknown ``customer_ids`` raise :class:`CustomerNotFoundError` and nothing is written. A run started
     here (step by step, e.g. by an orchestrator) holds no session lock: it is judged dead by heartbeat age.
+    ``key`` (e.g. the orchestrator's run id) makes a retry of this step return the run it already started
+    while that run is running; once it has failed, the same key starts a new run.
     """
     with engine.begin() as conn:
-        return _begin_run(conn, options, trigger, session_lock=False)
+        return _begin_run(conn, options, trigger, session_lock=False, key=key)
 
 
 def heartbeat(engine: Engine, run_id: int) -> None:

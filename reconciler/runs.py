@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import Connection, RowMapping, bindparam, func, insert, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Connection, RowMapping, bindparam, func, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 
 from reconciler.errors import InvalidOperationError, RunNotFoundError, RunStateError
 from reconciler.schema import RUN_TRIGGERS, run_chunks, runs
@@ -57,15 +57,23 @@ def _lock_key(run_id: int) -> int:
     return run_id % _INT4
 
 
-def insert_run(conn: Connection, params: Mapping[str, object], trigger: str, *, session_lock: bool) -> int:
+def insert_run(conn: Connection, params: Mapping[str, object], trigger: str, *, session_lock: bool,
+               key: str | None = None) -> int:
     """Insert a ``running`` run; with ``session_lock`` this connection also takes the run's advisory lock
-    (before commit, so no other session ever sees the row without its lock held)."""
+    (before commit, so no other session ever sees the row without its lock held). With ``key``, a running
+    run that has the same key is returned instead (a retried start step starts nothing new)."""
     check_trigger(trigger)
-    run_id = int(conn.execute(
-        insert(runs).values(status="running", trigger=trigger, params=dict(params),
-                            outcome={"session_lock": session_lock})
-        .returning(runs.c.id)
-    ).scalar_one())
+    values = insert(runs).values(status="running", trigger=trigger, params=dict(params),
+                                 outcome={"session_lock": session_lock}, run_key=key)
+    if key is not None:
+        values = values.on_conflict_do_nothing(
+            index_elements=[runs.c.run_key],
+            index_where=(runs.c.status == "running") & runs.c.run_key.is_not(None))
+    inserted = conn.execute(values.returning(runs.c.id)).scalar()
+    if inserted is None:  # only with a key: that run is already running
+        return int(conn.execute(
+            select(runs.c.id).where(runs.c.run_key == key, runs.c.status == "running")).scalar_one())
+    run_id = int(inserted)
     if session_lock:
         conn.execute(text("select pg_advisory_lock(:ns, :key)"), {"ns": RUN_LOCK_NAMESPACE, "key": _lock_key(run_id)})
     return run_id

@@ -63,6 +63,7 @@ runs = Table(
     Column("chunk_count", Integer),
     Column("outcome", JSONB, nullable=False),
     Column("error", Text),
+    Column("run_key", Text),  # migration 0004: an orchestrator's key, unique among running runs
     schema=SCHEMA,
 )
 

@@ -114,6 +114,7 @@ def test_dag_run_finds_and_corrects_planted_drift_then_reruns_idempotently(dagba
     run = first[0]
     assert (run["status"], run["trigger"], run["customers_checked"], run["drift_count"]) == (
         "succeeded", "manual", CUSTOMERS, 3)
+    assert str(run["run_key"]).startswith("airflow:ledger_reconciliation:")
     assert run["total_abs_drift"] == sum(abs(d) for d in PLANTED.values())
     assert run["params"]["chunk_size"] == 10
     by_customer = {row["customer_id"]: row for row in _task_rows(ledger)}

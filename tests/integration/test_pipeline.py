@@ -233,6 +233,21 @@ def test_a_step_of_a_failed_run_is_refused(small_ledger: Engine) -> None:
     assert cached_balance(engine, 3) == Decimal("87.34")
 
 
+def test_a_retried_keyed_start_returns_the_running_run_and_a_failed_key_starts_anew(small_ledger: Engine) -> None:
+    """start_run with the same key returns the run already running (no second run row); once that run has
+    failed, the same key starts a new run."""
+    options = RunOptions(max_drift_ratio=NO_HALT)
+    first = pipeline.start_run(small_ledger, options, "manual", key="airflow:dag:run-1")
+    assert pipeline.start_run(small_ledger, options, "manual", key="airflow:dag:run-1") == first
+    other = pipeline.start_run(small_ledger, options, "manual", key="airflow:dag:run-2")
+    assert other != first
+    with small_ledger.connect() as conn:
+        assert conn.execute(text("select count(*) from reconciler.runs")).scalar_one() == 2
+    pipeline.mark_run_failed(small_ledger, first, "test: the DAG run failed and is cleared")
+    again = pipeline.start_run(small_ledger, options, "manual", key="airflow:dag:run-1")
+    assert again not in (first, other)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["ledger", "balance"])
 def test_payments_during_a_run_cause_no_false_task_and_no_wrong_correction(engine: Engine, policy: str) -> None:
