@@ -4,12 +4,7 @@ run alerts through the notifier to a local webhook."""
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -18,6 +13,7 @@ from sqlalchemy.engine import URL
 
 from reconciler.schema import runs, tasks
 from tests.factories import cached_balance, entry_count, ledger_sum, make_customer, post_entry, set_cached_balance
+from tests.fix_http import Webhook
 
 pytestmark = pytest.mark.slow
 
@@ -46,36 +42,11 @@ def ledger(engine: Engine, db_url: URL, monkeypatch: pytest.MonkeyPatch) -> Engi
     return engine
 
 
-@dataclass
-class Webhook:
-    url: str = ""
-    received: list[dict[str, Any]] = field(default_factory=list)
-
-
 @pytest.fixture
-def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[Webhook]:
-    """A local HTTP server on 127.0.0.1, configured as the Airflow connection ``reconciler_alerts``."""
-    hook = Webhook()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            hook.received.append({"path": self.path,
-                                  "json": json.loads(self.rfile.read(int(self.headers["Content-Length"])))})
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    hook.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/reconciler"
-    monkeypatch.setenv("AIRFLOW_CONN_RECONCILER_ALERTS", hook.url)
-    yield hook
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+def webhook(webhook: Webhook, monkeypatch: pytest.MonkeyPatch) -> Webhook:
+    """The local webhook (tests/fix_http.py), configured as the Airflow connection ``reconciler_alerts``."""
+    monkeypatch.setenv("AIRFLOW_CONN_RECONCILER_ALERTS", webhook.url)
+    return webhook
 
 
 def _run(dagbag: Any, conf: dict[str, object] | None = None, dag_id: str = "ledger_reconciliation") -> Any:
@@ -177,7 +148,7 @@ def test_halted_run_alerts_the_webhook_and_turns_red(dagbag: Any, ledger: Engine
         assert cached_balance(ledger, customer) - ledger_sum(ledger, customer) == drift
     assert len(webhook.received) == 1, webhook.received
     alert = webhook.received[0]
-    assert alert["path"] == "/hooks/reconciler"
+    assert alert["path"] == "/alerts/finance"
     assert alert["json"]["kind"] == "halted" and alert["json"]["run_id"] == run["id"]
     assert "halted" in alert["json"]["text"] and alert["json"]["details"]["drift_count"] == 3
 

@@ -7,9 +7,6 @@ import json
 import socket
 import socketserver
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlalchemy import Engine, insert
@@ -25,41 +22,7 @@ from reconciler.alerts import (
 )
 from reconciler.errors import AlertDeliveryError
 from reconciler.schema import runs
-
-
-@dataclass
-class Webhook:
-    """A local webhook: records every POST; answers ``status``."""
-
-    url: str
-    received: list[dict[str, object]] = field(default_factory=list)
-    status: int = 200
-
-
-@pytest.fixture
-def webhook() -> Iterator[Webhook]:
-    """An HTTP server on 127.0.0.1 (random port) in a thread, stopped after the test."""
-    hook = Webhook(url="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            hook.received.append({"path": self.path, "content_type": self.headers["Content-Type"],
-                                  "json": json.loads(body)})
-            self.send_response(hook.status)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    hook.url = f"http://127.0.0.1:{server.server_address[1]}/alerts/finance"
-    yield hook
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+from tests.fix_http import Webhook
 
 
 def test_webhook_receives_the_alert_as_json(webhook: Webhook) -> None:
