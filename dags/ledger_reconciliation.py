@@ -13,7 +13,8 @@ changes nothing the second time; findings are staged in `reconciler.findings` be
 → `send_alerts`.
 
 **Database**: the Airflow connection `ledger_db`, else `RECONCILER_DATABASE_URL`, else the embedded
-PostgreSQL under `.reconciler/`.
+PostgreSQL under `.reconciler/`. When the connection `ledger_db_replica` exists, chunk comparisons read
+from it (corrections always re-verify on the primary).
 
 **Alerts**: a halted or failed run, or drift found above `alert_drift_above`, goes to the task log and to
 the Airflow connection `reconciler_alerts` (webhook or SMTP) when it exists. A failing task marks the run
@@ -38,6 +39,7 @@ from reconciler_airflow import (
     jsonable,
     ledger_step,
     mark_run_failed,
+    replica_engine,
     trigger_of,
 )
 from reconciler_alerts import ReconcilerNotifier
@@ -164,8 +166,8 @@ def ledger_reconciliation() -> None:
 
         get_current_context()["chunk_label"] = (  # type: ignore[typeddict-unknown-key]
             f"chunk {chunk['chunk_index']}: ids {chunk['first_id']}..{chunk['last_id']}")
-        with ledger_step() as engine:
-            return pipeline.compare_run_chunk(engine, chunk["run_id"], chunk["chunk_index"])
+        with ledger_step() as engine, replica_engine() as replica:
+            return pipeline.compare_run_chunk(engine, chunk["run_id"], chunk["chunk_index"], read_engine=replica)
 
     @task(trigger_rule="none_failed")
     def check_quality(run: int) -> dict[str, Any]:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 #: The Airflow connection for the ledger database (``AIRFLOW_CONN_LEDGER_DB`` or the metadata database).
 LEDGER_CONN_ID = "ledger_db"
+#: Optional read replica of the ledger: when this connection exists, chunk comparisons read from it.
+REPLICA_CONN_ID = "ledger_db_replica"
 #: The Airflow pool that caps concurrent load on the ledger database (created by scripts/airflow-env.sh
 #: and by the compose init service with ``RECONCILER_POOL_SLOTS`` slots).
 LEDGER_POOL = "ledger_db"
@@ -48,19 +50,41 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     return value
 
 
-def ledger_url() -> URL | None:
-    """The ledger URL from the Airflow connection ``ledger_db``, or None when it does not exist (then
-    :func:`reconciler.db.make_engine` uses ``RECONCILER_DATABASE_URL``, else the embedded database)."""
+def connection_url(conn_id: str) -> URL | None:
+    """The database URL of the Airflow connection ``conn_id``, or None when it does not exist."""
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     from reconciler.connections import database_url_from_uri
 
     try:
-        connection = Connection.get(LEDGER_CONN_ID)
+        connection = Connection.get(conn_id)
     except AirflowNotFoundException:
         return None
     return database_url_from_uri(connection.get_uri())
+
+
+def ledger_url() -> URL | None:
+    """The ledger URL from the Airflow connection ``ledger_db``, or None when it does not exist (then
+    :func:`reconciler.db.make_engine` uses ``RECONCILER_DATABASE_URL``, else the embedded database)."""
+    return connection_url(LEDGER_CONN_ID)
+
+
+@contextmanager
+def replica_engine() -> Iterator[Engine | None]:
+    """An engine on the read replica (connection ``ledger_db_replica``) for comparisons, or None to read the
+    primary. Lag only delays findings: corrections re-verify on the primary under the row lock."""
+    url = connection_url(REPLICA_CONN_ID)
+    if url is None:
+        yield None
+        return
+    from reconciler.db import make_engine
+
+    engine = make_engine(url, pool_size=TASK_POOL_SIZE, max_overflow=TASK_POOL_SIZE)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 @contextmanager

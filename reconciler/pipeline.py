@@ -28,7 +28,7 @@ from sqlalchemy.types import BigInteger
 
 from reconciler import runs, tasks
 from reconciler.chunks import Chunk, fetch_chunks
-from reconciler.compare import compare_chunk
+from reconciler.compare import Drift, compare_chunk
 from reconciler.corrections import (
     DEFAULT_POLICY,
     DEFAULT_STATEMENT_TIMEOUT,
@@ -50,7 +50,7 @@ from reconciler.errors import (
     RunFailedError,
     RunStateError,
 )
-from reconciler.explain import explain_drifts
+from reconciler.explain import Explanation, explain_drifts
 from reconciler.money import ZERO, format_money, to_money
 from reconciler.report_model import DriftLine
 from reconciler.schema import findings, run_chunks
@@ -398,7 +398,13 @@ def plan_run(engine: Engine, run_id: int) -> list[dict[str, int]]:
                  "customers": c.customers} for c in planned]
 
 
-def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions) -> dict[str, int]:
+def _find_drifts(conn: Connection, chunk: Chunk, options: RunOptions) -> tuple[list[Drift], dict[int, Explanation]]:
+    drifts = compare_chunk(conn, chunk, options.tolerance, customer_ids=options.customer_ids)
+    return drifts, (explain_drifts(conn, drifts) if drifts else {})
+
+
+def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions,
+             read_engine: Engine | None = None) -> dict[str, int]:
     with engine.begin() as conn:
         _local_timeouts(conn)
         runs.require_running(conn, run_id)
@@ -412,8 +418,16 @@ def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions)
                     "drift_count": int(row.drift_count)}
         chunk = Chunk(index=chunk_index, first_id=int(row.first_id), last_id=int(row.last_id),
                       customers=int(row.planned_customers))
-        drifts = compare_chunk(conn, chunk, options.tolerance, customer_ids=options.customer_ids)
-        explanations = explain_drifts(conn, drifts) if drifts else {}
+        if read_engine is None:
+            drifts, explanations = _find_drifts(conn, chunk, options)
+        else:
+            # A replica may lag: that can delay a finding, never cause a wrong write, because every correction
+            # re-verifies on the primary under the row lock. One snapshot for compare and explain.
+            with read_engine.connect() as replica:
+                replica = replica.execution_options(isolation_level="REPEATABLE READ")
+                with replica.begin():
+                    _local_timeouts(replica)
+                    drifts, explanations = _find_drifts(replica, chunk, options)
         if drifts:
             staged = []
             for drift in drifts:
@@ -438,12 +452,14 @@ def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions)
         return {"chunk_index": chunk_index, "customers_checked": chunk.customers, "drift_count": len(drifts)}
 
 
-def compare_run_chunk(engine: Engine, run_id: int, chunk_index: int) -> dict[str, int]:
+def compare_run_chunk(engine: Engine, run_id: int, chunk_index: int, *,
+                      read_engine: Engine | None = None) -> dict[str, int]:
     """Compare one planned chunk (one SQL statement), explain its drifts and stage them as findings; a
-    chunk already compared is returned as stored (a retry changes nothing)."""
+    chunk already compared is returned as stored (a retry changes nothing). With ``read_engine`` (a read
+    replica) the comparison reads there; the findings are staged on ``engine``, the primary."""
     with engine.connect() as conn:
         options = _options(runs.get_run(conn, run_id))
-    result = _compare(engine, run_id, chunk_index, options)
+    result = _compare(engine, run_id, chunk_index, options, read_engine)
     with engine.begin() as conn:
         runs.heartbeat(conn, run_id, min_interval=HEARTBEAT_INTERVAL)
     return result
