@@ -30,7 +30,7 @@ import os
 from typing import Any
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, chain, dag, get_current_context, task
+from airflow.sdk import Param, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from reconciler_airflow import (
     LEDGER_POOL,
@@ -40,13 +40,12 @@ from reconciler_airflow import (
     ledger_step,
     mark_run_failed,
     replica_engine,
+    schedule_from_env,
     trigger_of,
 )
 from reconciler_alerts import ReconcilerNotifier
 
 DEFAULT_SCHEDULE = "0 2 * * *"
-#: A cron expression in UTC; "none" (or "manual") for manual runs only.
-SCHEDULE = os.environ.get("RECONCILER_SCHEDULE", DEFAULT_SCHEDULE).strip() or DEFAULT_SCHEDULE
 TASK_RETRIES = env_int("RECONCILER_TASK_RETRIES", 2)
 RETRY_DELAY = dt.timedelta(seconds=env_int("RECONCILER_RETRY_DELAY_SECONDS", 30))
 MONEY_PATTERN = r"^[0-9]{1,16}(\.[0-9]{1,2})?$"
@@ -120,7 +119,7 @@ def _run_options(params: dict[str, Any]) -> Any:
 
 
 @dag(
-    schedule=None if SCHEDULE.lower() in ("none", "manual") else CronTriggerTimetable(SCHEDULE, timezone="UTC"),
+    schedule=schedule_from_env("RECONCILER_SCHEDULE", DEFAULT_SCHEDULE),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

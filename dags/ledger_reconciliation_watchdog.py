@@ -10,20 +10,18 @@ night, a paused DAG or runs that keep failing cannot pass as green.
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
-from reconciler_airflow import RunNotClean, env_int, ledger_engine
+from airflow.sdk import Param, dag, get_current_context, task
+from reconciler_airflow import RunNotClean, env_int, ledger_engine, schedule_from_env
 from reconciler_alerts import ReconcilerNotifier
 
 DEFAULT_SCHEDULE = "17 * * * *"
-SCHEDULE = os.environ.get("RECONCILER_WATCHDOG_SCHEDULE", DEFAULT_SCHEDULE).strip() or DEFAULT_SCHEDULE
 MAX_AGE_HOURS = env_int("RECONCILER_WATCHDOG_MAX_AGE_HOURS", 26, minimum=1)
 
 
 @dag(
-    schedule=None if SCHEDULE.lower() in ("none", "manual") else CronTriggerTimetable(SCHEDULE, timezone="UTC"),
+    schedule=schedule_from_env("RECONCILER_WATCHDOG_SCHEDULE", DEFAULT_SCHEDULE),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -36,6 +36,15 @@ class RunNotClean(AirflowFailException):
     red, and the failure callbacks neither alert twice nor overwrite the run's own status."""
 
 
+def schedule_from_env(name: str, default: str) -> Any:
+    """A DAG's schedule from the environment variable ``name`` (read at parse time: environment only): a cron
+    expression in UTC, ``default`` when unset, and no schedule (manual runs only) for "none" or "manual"."""
+    from airflow.sdk import CronTriggerTimetable
+
+    cron = os.environ.get(name, "").strip() or default
+    return None if cron.lower() in ("none", "manual") else CronTriggerTimetable(cron, timezone="UTC")
+
+
 def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     """An integer setting from the environment (read at parse time: environment only, never a database)."""
     raw = os.environ.get(name, "").strip()
