@@ -53,6 +53,7 @@ from sqlalchemy import Connection, Engine, select, text
 
 from reconciler.errors import DemoDataError, InvalidOperationError
 from reconciler.schema import demo_plants
+from reconciler.vocabulary import Cause
 
 DEFAULT_CUSTOMERS = 20_000
 DEFAULT_ENTRIES_PER_CUSTOMER = 10
@@ -68,11 +69,11 @@ REFERENCE_PREFIX = "demo-"
 MAX_CUSTOMERS = 999_999_999
 MAX_ENTRIES_PER_CUSTOMER = 9_999
 
-AROUND = "balance_written_around_ledger"
-MISSING = "missing_entry"
-DUPLICATED = "duplicated_entry"
-SIGN_FLIPPED = "sign_flipped_entry"
-UNAPPLIED = "unapplied_entry"
+AROUND = Cause.BALANCE_WRITTEN_AROUND_LEDGER.value
+MISSING = Cause.MISSING_ENTRY.value
+DUPLICATED = Cause.DUPLICATED_ENTRY.value
+SIGN_FLIPPED = Cause.SIGN_FLIPPED_ENTRY.value
+UNAPPLIED = Cause.UNAPPLIED_ENTRY.value
 PLANT_KINDS = (AROUND, MISSING, DUPLICATED, SIGN_FLIPPED, UNAPPLIED)
 
 APPEND_ONLY_TRIGGERS = ("reconciler_append_only", "reconciler_append_only_truncate")

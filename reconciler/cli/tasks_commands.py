@@ -10,16 +10,17 @@ import typer
 from reconciler.cli.app import ExitCode, emit_json, fail, open_engine, tasks_app
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 from reconciler.schema import TASK_STATUSES
+from reconciler.vocabulary import POLICIES
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from reconciler.tasks import Resolved, TaskView
+    from reconciler.correction_executor import Resolved
+    from reconciler.tasks import TaskView
 
 ACTIONS = ("correct", "dismiss")
 #: Columns when stdout is not a terminal (rich would assume 80 and squeeze the table).
 WIDE = 160
-POLICIES = ("ledger", "balance")
 DEFAULT_LIMIT = 100
 _HELP = {
     "status": f"Only this status: {', '.join(TASK_STATUSES)}.",
@@ -120,7 +121,7 @@ def resolve_command(
         fail("--by must name who approves, got an empty value", ExitCode.USAGE)
     if not note.strip():
         fail("--note must say why, got an empty value", ExitCode.USAGE)
-    from reconciler.tasks import resolve_task  # noqa: PLC0415
+    from reconciler.correction_executor import resolve_task  # noqa: PLC0415
 
     engine = _engine()
     try:

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from reconciler.balances import is_connection_failure
+from reconciler.db_errors import is_connection_failure
 
 
 @pytest.mark.parametrize("exc", [
