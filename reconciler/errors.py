@@ -85,3 +85,9 @@ class RunFailedError(ReconcilerError):
     def __init__(self, message: str, run_id: int) -> None:
         super().__init__(message)
         self.run_id = run_id
+
+
+class UnknownEntryKindError(InvalidOperationError):
+    """Raised when a ledger entry's kind is not in the list of entry kinds (unknown, with surrounding
+    whitespace, or longer than the list allows); the message lists the allowed kinds and where to add one,
+    and nothing is written."""

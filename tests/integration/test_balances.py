@@ -37,6 +37,7 @@ from reconciler.errors import (
     NonPositiveAmountError,
     ReconcilerError,
     TransientDatabaseError,
+    UnknownEntryKindError,
 )
 from reconciler.money import MAX_AMOUNT
 from tests.factories import cached_balance, entry_count, ledger_sum, make_customer, post_entry, set_cached_balance
@@ -214,7 +215,11 @@ BAD_UPDATES: list[tuple[str, dict[str, Any], type[ReconcilerError], str]] = [
     ("unknown customer", {"customer_id": 999}, CustomerNotFoundError, "customer 999 does not exist"),
     ("unknown customer debit", {"customer_id": 999, "operation": "subtract"}, CustomerNotFoundError, "999"),
     ("unknown operation", {"operation": "multiply"}, InvalidOperationError, "operation must be one of"),
-    ("empty kind", {"kind": "  "}, InvalidOperationError, "kind must be a non-empty text"),
+    ("empty kind", {"kind": "  "}, UnknownEntryKindError, "entry kind '  ' has surrounding whitespace"),
+    ("unknown kind", {"kind": "bogus"}, UnknownEntryKindError, r"'bogus' is not a known kind; allowed: .*deposit"),
+    ("kind with whitespace", {"kind": "payment "}, UnknownEntryKindError, "surrounding whitespace"),
+    ("kind too long", {"kind": "x" * 100_000}, UnknownEntryKindError, "100000 characters long"),
+    ("kind not text", {"kind": 7}, UnknownEntryKindError, "must be text"),
     ("customer id text", {"customer_id": "1"}, InvalidOperationError, "customer_id must be an int"),
     ("empty key", {"idempotency_key": ""}, InvalidOperationError, "idempotency_key"),
     ("result beyond numeric", {"amount": "2.00", "customer_id": 2}, InvalidAmountError,
@@ -284,7 +289,8 @@ BAD_TRANSFERS: list[tuple[str, tuple[Any, ...], dict[str, Any], type[ReconcilerE
     ("float", (1, 2, 1.0), {}, FloatAmountError, "float"),
     ("zero", (1, 2, "0.00"), {}, NonPositiveAmountError, "greater than 0"),
     ("insufficient", (1, 2, "10.01"), {}, InsufficientFundsError, "short by 0.01"),
-    ("empty kind", (1, 2, "1.00"), {"kind": ""}, InvalidOperationError, "kind"),
+    ("empty kind", (1, 2, "1.00"), {"kind": ""}, UnknownEntryKindError, "'_out' is not a known kind"),
+    ("unknown kind", (1, 2, "1.00"), {"kind": "bogus"}, UnknownEntryKindError, "entry_kinds.json"),
     ("result beyond numeric", (1, 3, "2.00"), {}, InvalidAmountError, r"numeric\(18,2\)"),
 ]
 
@@ -640,10 +646,10 @@ def test_random_operations_keep_balance_equal_to_ledger(engine: Engine, operatio
             delta = amount if op[0] == "add" else -amount
             if model[customer] + delta < 0:
                 with pytest.raises(InsufficientFundsError):
-                    core.update_balance(customer, amount, op[0], kind="k")
+                    core.update_balance(customer, amount, op[0], kind="payment")
                 continue
             args = (customer, amount, op[0])
-            result: object = core.update_balance(*args, kind="k", idempotency_key=key if with_key else None)
+            result: object = core.update_balance(*args, kind="payment", idempotency_key=key if with_key else None)
             model[customer] += delta
             if with_key:
                 keyed.append((("update", *args, key), result))
@@ -669,7 +675,7 @@ def test_random_operations_keep_balance_equal_to_ledger(engine: Engine, operatio
         elif keyed:
             (what, *call, key), first = keyed[-1]
             if what == "update":
-                again: Any = core.update_balance(*call, kind="k", idempotency_key=key)
+                again: Any = core.update_balance(*call, kind="payment", idempotency_key=key)
                 assert again.replayed and again.entry_id == first.entry_id  # type: ignore[attr-defined]
             else:
                 again = core.transfer(*call, idempotency_key=key)

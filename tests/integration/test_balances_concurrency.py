@@ -70,7 +70,7 @@ def test_hot_customers_lose_no_update_and_transfers_conserve_money(engine: Engin
     core = BalanceManager(engine)
     hot = [make_customer(engine, i) for i in (1, 2, 3, 4)]
     for customer in hot:
-        core.update_balance(customer, "500.00", kind="opening")
+        core.update_balance(customer, "500.00", kind="opening_balance")
     start = {c: cached_balance(engine, c) for c in hot}
 
     def worker(seed: int) -> tuple[dict[int, Decimal], Decimal, int]:
@@ -89,11 +89,11 @@ def test_hot_customers_lose_no_update_and_transfers_conserve_money(engine: Engin
             choice = rnd.random()
             try:
                 if choice < 0.3:
-                    change = core.update_balance(rnd.choice(hot), amount, kind="credit")
+                    change = core.update_balance(rnd.choice(hot), amount, kind="deposit")
                     deltas[change.customer_id] += change.amount
                     external += change.amount
                 elif choice < 0.6:
-                    change = core.update_balance(rnd.choice(hot), amount, "subtract", kind="debit")
+                    change = core.update_balance(rnd.choice(hot), amount, "subtract", kind="withdrawal")
                     deltas[change.customer_id] += change.amount
                     external += change.amount
                 else:
