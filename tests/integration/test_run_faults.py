@@ -25,6 +25,7 @@ from reconciler.cli import app
 from reconciler.db import make_engine
 from reconciler.errors import RunFailedError, RunStateError
 from reconciler.pipeline import RunOptions, run_reconciliation
+from reconciler.pipeline import steps as pipeline_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_HALT = Decimal("1")
@@ -160,7 +161,7 @@ def test_a_step_that_raises_marks_the_run_failed_and_the_rerun_recovers(engine: 
         raise RuntimeError("explain exploded")
 
     with monkeypatch.context() as patched, pytest.raises(RunFailedError, match="explain exploded") as caught:
-        patched.setattr(pipeline, "explain_drifts", broken)
+        patched.setattr(pipeline_steps, "explain_drifts", broken)
         run_reconciliation(engine, RunOptions(max_drift_ratio=NO_HALT))
     failed = caught.value.run_id
     assert scalar(engine, "select status from reconciler.runs where id = :r", r=failed) == "failed"
