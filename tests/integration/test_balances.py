@@ -418,6 +418,36 @@ def test_balance_written_around_ledger_opens_one_realtime_task(engine: Engine, c
     assert task.evidence["detected_by_entry_id"] == paid.entry_id
 
 
+def test_the_realtime_task_opens_with_its_event_like_every_other_task(engine: Engine, core: BalanceManager) -> None:
+    """The realtime task carries its opening event in resolution.events (who, open, drift values), written by
+    the task lifecycle in the payment's own transaction."""
+    make_customer(engine, 1)
+    core.update_balance(1, "100.00", kind="deposit")
+    set_cached_balance(engine, 1, "130.00")
+    core.update_balance(1, "10.00", "subtract", kind="payment")
+    (task,) = realtime_tasks(engine, 1)
+    (event,) = task.resolution["events"]
+    assert (event["action"], event["from"], event["to"], event["by"]) == (
+        "open", None, "open", "balance core (realtime check)")
+    assert event["values"] == {"stored_balance": "130.00", "ledger_sum": "100.00", "drift": "30.00",
+                               "cause": "chain_mismatch"}
+    assert event["at"]
+
+
+def test_a_bogus_kind_writes_nothing_and_names_the_list(engine: Engine, core: BalanceManager) -> None:
+    """kind='bogus' (and 'Payment ', and a 100,000-character kind) is refused before anything is written:
+    no balance, no entry, no task; the error lists the allowed kinds and where to add one."""
+    make_customer(engine, 1, "10.00")
+    post_entry(engine, 1, "10.00", balance_after="10.00")
+    before = state(engine)
+    for kind in ("bogus", "Payment ", "payment" * 20_000):
+        with pytest.raises(UnknownEntryKindError, match=r"allowed: .*payment.*entry_kinds\.json"):
+            core.update_balance(1, "1.00", kind=kind)
+        with pytest.raises(UnknownEntryKindError):
+            core.update_balance(1, "1.00", kind=kind, idempotency_key=f"k-{len(kind)}")
+    assert state(engine) == before
+
+
 def test_no_false_alarm_after_ledger_policy_correction(engine: Engine, core: BalanceManager) -> None:
     """After policy ledger fixes a duplicated entry, the next payment follows the anchor: no false realtime task."""
     make_customer(engine, 1)
