@@ -42,8 +42,6 @@ def is_connection_failure(exc: BaseException | None) -> bool:
     """True when ``exc`` (a psycopg error, or SQLAlchemy's wrapper of one) says the server is gone (no
     SQLSTATE at all, class 08, or a shutdown), not when a statement failed on a live connection
     (serialization failures, lock timeouts and the like)."""
-    if isinstance(exc, DatabaseUnavailableError):
-        return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     cause = _driver_error(exc)
@@ -64,15 +62,19 @@ def is_transient(exc: BaseException) -> bool:
 
 def lost_database(exc: BaseException) -> BaseException | None:
     """The error in ``exc``'s chain (itself, its causes, its contexts) that says the database went away, or
-    None: a run step may wrap the lost connection in its own error."""
+    None. A step may wrap the lost connection in its own error (the core raises
+    :class:`DatabaseUnavailableError` from it): the driver's own error is preferred, as it names the cause."""
     seen: set[int] = set()
+    found: BaseException | None = None
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if is_connection_failure(current):
             return current
+        if found is None and isinstance(current, DatabaseUnavailableError):
+            found = current
         current = current.__cause__ or current.__context__
-    return None
+    return found
 
 
 def first_line(exc: BaseException) -> str:

@@ -49,6 +49,11 @@ class DatabaseUnavailableError(ReconcilerError):
     """Raised when the configured database cannot be reached; the message names it without its password."""
 
 
+class DatabaseLostError(DatabaseUnavailableError):
+    """Raised when the database went away in the middle of a command or a run step; the message is ONE line:
+    what was lost, which database (without its password), and that rerunning is safe."""
+
+
 class TaskNotFoundError(ReconcilerError, LookupError):
     """Raised when a reconciliation task id does not exist."""
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.cli.app import ExitCode, emit_json, fail, open_engine, tasks_app
+from reconciler.cli.app import ExitCode, emit_json, exits_when_database_lost, fail, open_engine, tasks_app
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 from reconciler.schema import TASK_STATUSES
 from reconciler.vocabulary import POLICIES
@@ -125,7 +125,11 @@ def resolve_command(
 
     engine = _engine()
     try:
-        resolved = resolve_task(engine, int(task_id), action, by, note, policy)
+        with exits_when_database_lost(engine, f"resolving task {task_id} (a correction re-verifies under the "
+                                              f"row lock and is keyed by the task, so it applies at most once)"):
+            resolved = resolve_task(engine, int(task_id), action, by, note, policy)
+    except DatabaseUnavailableError as exc:
+        fail(str(exc), ExitCode.FAILED)
     except ReconcilerError as exc:
         fail(str(exc), ExitCode.USAGE)
     finally:

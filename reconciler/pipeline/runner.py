@@ -8,6 +8,7 @@ ends ``succeeded``, ``halted`` or ``failed`` with its reason; a lost database en
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -15,7 +16,10 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from reconciler import runs
+from reconciler.db import database_lost
+from reconciler.db_errors import first_line
 from reconciler.errors import (
+    DatabaseLostError,
     RunFailedError,
 )
 
@@ -90,29 +94,43 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
             with lock_conn.begin():
                 lock_conn.execute(text("select pg_advisory_unlock_all()"))
             raise
+        lost: DatabaseLostError | None = None
         try:
             def beat() -> None:
                 with lock_conn.begin():
                     runs.heartbeat(lock_conn, run_id, min_interval=HEARTBEAT_INTERVAL)
 
+            step = "starting"
             try:
                 from reconciler.quality import preload_great_expectations  # noqa: PLC0415  (light module)
 
                 preload_great_expectations()  # the 2.5 s import overlaps with comparing the chunks
+                step = "planning its chunks"
                 plan = plan_run(engine, run_id)
+                step = "comparing its chunks"
                 _compare_all(engine, run_id, plan, options, progress, beat)
                 beat()
+                step = "checking data quality"
                 check_quality(engine, run_id)
+                step = "opening tasks"
                 open_run_tasks(engine, run_id)
+                step = "correcting"
                 apply_run_corrections(engine, run_id)
+                step = "finishing"
                 finish_run(engine, run_id)
                 # After finishing, so the filed report shows the run's final status, not "running".
+                step = "building the report"
                 build_report(engine, run_id, report_dir)
                 return load_summary(engine, run_id)
             except Exception as exc:
-                reason = describe_error(exc)
-                _record_failure(engine, run_id, reason)
-                raise RunFailedError(f"run {run_id} failed: {reason}", run_id) from exc
+                lost = database_lost(exc, engine.url, doing=f"{step} (run {run_id})")
+                if lost is None:
+                    reason = describe_error(exc)
+                    _record_failure(engine, run_id, reason)
+                    raise RunFailedError(f"run {run_id} failed: {reason}", run_id) from exc
+                marked = _record_failure(engine, run_id, str(lost), attempts=LOST_DATABASE_ATTEMPTS, quiet=True)
+                status = "marked failed" if marked else "will be marked failed by the next run"
+                raise RunFailedError(f"run {run_id} failed ({status}): {lost}", run_id) from lost
             except BaseException:
                 _record_failure(engine, run_id, "interrupted; a new run redoes the work without duplicates")
                 raise
@@ -123,14 +141,28 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
                 with lock_conn.begin():
                     runs.release_lock(lock_conn, run_id)
             except Exception:  # the session is unusable: closing it releases the lock anyway
-                log.warning("could not release the session lock of run %s; closing its connection", run_id)
+                (log.debug if lost is not None else log.warning)(
+                    "could not release the session lock of run %s; closing its connection", run_id)
                 lock_conn.invalidate()
 
 
+#: When the database went away, marking the run failed is tried this often, a second apart (a restarting
+#: server is usually back within that); otherwise the next run's start marks it failed.
+LOST_DATABASE_ATTEMPTS = 5
 
-def _record_failure(engine: Engine, run_id: int, reason: str) -> None:
-    try:
-        mark_run_failed(engine, run_id, reason)
-    except Exception:  # the database may be what failed; the next run's start marks this run failed then
-        log.exception("could not mark run %s failed (%s); the next run will", run_id, reason)
 
+def _record_failure(engine: Engine, run_id: int, reason: str, *, attempts: int = 1, quiet: bool = False) -> bool:
+    """Mark the run failed; False when the database would not take it (the next run's start marks it then)."""
+    for attempt in range(attempts):
+        try:
+            mark_run_failed(engine, run_id, reason)
+            return True
+        except Exception as exc:  # the database may be what failed
+            if attempt + 1 < attempts:
+                time.sleep(1.0)
+                continue
+            if quiet:
+                log.debug("could not mark run %s failed: %s", run_id, first_line(exc))
+            else:
+                log.exception("could not mark run %s failed (%s); the next run will", run_id, reason)
+    return False
