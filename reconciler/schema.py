@@ -171,3 +171,18 @@ balance_reconciliations = Table(
     Column("reconciled_at", DateTime(timezone=True), nullable=False),
     schema=SCHEMA,
 )
+
+#: The hash-chained audit trail (migration 0007): appended only by ``reconciler.append_audit``
+#: (:mod:`reconciler.audit`), never updated or deleted (triggers refuse it).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("prev_hash", Text, nullable=False),
+    Column("hash", Text, nullable=False, unique=True),
+    schema=SCHEMA,
+)

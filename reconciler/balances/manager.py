@@ -12,6 +12,7 @@ their shared retry/transaction helpers must be read together to see that each ch
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
 import threading
@@ -26,6 +27,7 @@ from sqlalchemy import Connection, Engine, TextClause
 from sqlalchemy.exc import DBAPIError
 
 from reconciler import tasks as task_lifecycle
+from reconciler.audit import AuditEvent, append_audit
 from reconciler.db import describe_url
 from reconciler.db_errors import is_connection_failure, is_numeric_overflow, is_retryable, is_unique_violation
 from reconciler.errors import DatabaseUnavailableError, InvalidOperationError, TransientDatabaseError
@@ -84,6 +86,8 @@ from .values import (
 )
 
 log = logging.getLogger("reconciler.balances")
+#: Who a correction's audit row names when the caller's ``audit`` gives no ``by``.
+CORRECTED_BY = "balance core"
 
 T = TypeVar("T")
 _CURSOR_INFO_KEY = "reconciler.balances.cursor"
@@ -310,11 +314,12 @@ class BalanceManager:
         key = check_key(idempotency_key)
         reference = check_reference(reference)
         audit_json = _json(dict(audit or {}))
+        actor = str((audit or {}).get("by") or CORRECTED_BY)
 
         def attempt() -> Reconciliation:
             try:
                 with self._transaction() as conn:
-                    return self._settle(conn, customer_id, policy, tolerance, key, reference, audit_json)
+                    return self._settle(conn, customer_id, policy, tolerance, key, reference, audit_json, actor)
             except DBAPIError as exc:
                 if key is not None and is_unique_violation(exc):
                     with self._reading() as conn:
@@ -391,7 +396,7 @@ class BalanceManager:
         return Transfer(from_id, to_id, money, changes[from_id], changes[to_id], key, False)
 
     def _settle(self, conn: Connection, customer_id: int, policy: str, tolerance: Decimal, key: str | None,
-                reference: str | None, audit_json: str) -> Reconciliation:
+                reference: str | None, audit_json: str, actor: str) -> Reconciliation:
         locked = conn.execute(_LOCK_FOR_RECONCILIATION, {"customer_id": customer_id,
                                                           "idempotency_key": key}).one_or_none()
         if locked is None:
@@ -411,6 +416,12 @@ class BalanceManager:
             "changed": plan.changed, "audit": audit_json,
         }).one()
         if plan.changed:
+            # The transaction's last write: the audit chain stays locked only from here to the commit.
+            append_audit(conn, AuditEvent("correction", actor, {
+                "customer_id": customer_id, "policy": policy, "old_balance": str(stored),
+                "new_balance": str(plan.balance_after), "ledger_sum": str(ledger_sum), "drift": str(plan.drift),
+                "entry_id": settled.entry_id, "reconciliation_id": int(settled.reconciliation_id),
+                "idempotency_key": key, "reference": reference, "audit": json.loads(audit_json)}))
             log.info("reconciled customer %s (policy %s): balance %s -> %s, drift was %s",
                      customer_id, policy, stored, plan.balance_after, plan.drift)
         return Reconciliation(customer_id, policy, stored, ledger_sum, plan.drift, plan.balance_after,
