@@ -156,6 +156,15 @@ class QualityLine:
 
 
 @dataclass(frozen=True)
+class AuditAnchor:
+    """The audit chain's head when the report was read (``reconciler audit verify`` prints the same pair), so
+    two copies of a report can be compared with the database later."""
+
+    length: int
+    hash: str
+
+
+@dataclass(frozen=True)
 class ReportInput:
     run: RunFacts
     outcomes: tuple[OutcomeGroup, ...]
@@ -168,6 +177,7 @@ class ReportInput:
     now: dt.datetime
     book: BookTotals | None = None
     data_docs_href: str | None = None
+    audit_head: AuditAnchor | None = None
 
 
 # ---- outputs: what the page, the CSV check and summary.json show --------------------------------------------
@@ -264,6 +274,7 @@ class ReportModel:
     quality: QualityView
     warnings: tuple[str, ...]
     now: dt.datetime
+    audit_head: AuditAnchor | None = None
 
     def to_json(self) -> dict[str, object]:
         """summary.json: decimals as strings, times ISO 8601."""
@@ -297,6 +308,8 @@ class ReportModel:
             "csv": {"file": "tasks.csv", "rows": s.drifting, "drift_total": str(s.net_drift),
                     "abs_drift_total": str(s.total_abs_drift)},
             "warnings": list(self.warnings),
+            "audit_head": ({"length": self.audit_head.length, "hash": self.audit_head.hash}
+                           if self.audit_head else None),
         }
 
 
@@ -513,4 +526,5 @@ def build_report_model(inp: ReportInput) -> ReportModel:
         quality=build_quality(inp.quality, inp.data_docs_href),
         warnings=build_warnings(inp, summary),
         now=inp.now,
+        audit_head=inp.audit_head,
     )

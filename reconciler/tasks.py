@@ -276,7 +276,8 @@ update reconciler.tasks t set
     resolved_at = case when cast(:to as text) in ('corrected', 'dismissed') then now() else null end,
     correction_entry_id = coalesce(cast(:entry_id as bigint), t.correction_entry_id),
     resolution = {_event()} || cast(:summary as jsonb)
-where t.id = :task and t.status = any(cast(:allowed as text[]))""")).bindparams(bindparam("values", type_=JSONB), bindparam("summary", type_=JSONB))
+where t.id = :task and t.status = any(cast(:allowed as text[]))""")).bindparams(
+    bindparam("values", type_=JSONB), bindparam("summary", type_=JSONB))
 
 
 def transition(conn: Connection, task_id: int, *, to: str, action: str, by: str, note: str | None,
