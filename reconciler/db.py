@@ -135,7 +135,7 @@ def make_engine(url: str | URL | None = None, *, check: bool = True, **kwargs: A
 # ---- the read-only side -----------------------------------------------------------------------------------
 
 #: libpq startup option making every transaction of a session read only (for engines we do not build, GX's).
-READ_ONLY_OPTION = "-c default_transaction_read_only=on"
+READ_ONLY_OPTION = "-cdefault_transaction_read_only=on"  # no space: a URL would carry it as "+"
 
 
 def read_database_url() -> URL:
