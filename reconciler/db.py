@@ -124,6 +124,10 @@ def make_engine(url: str | URL | None = None, *, check: bool = True, **kwargs: A
     """An engine on ``url`` (default :func:`database_url`); with ``check`` it connects once and raises
     :class:`DatabaseUnavailableError` with one clear line when the database cannot be reached."""
     target = normalise_url(url) if url is not None else database_url()
+    if target.drivername != "postgresql+psycopg":
+        raise DatabaseUnavailableError(
+            f"the ledger database URL {describe_url(target)} is not a PostgreSQL URL; set RECONCILER_DATABASE_URL "
+            f"(and RECONCILER_READ_DATABASE_URL) to postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
     options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": DEFAULT_POOL_SIZE, "max_overflow": 10}
     options.update(kwargs)
     engine = create_engine(target, **options)
