@@ -59,7 +59,8 @@ def test_read_only_steps_run_on_the_replica_login_and_no_password_leaks(
     monkeypatch.setenv("AIRFLOW_CONN_RECONCILER_ALERTS",
                        webhook.url.replace("http://", f"http://finance:{HOOK_PASSWORD}@"))
 
-    dag_run = dagbag.dags["ledger_reconciliation"].test(run_conf={"chunk_size": 5, "alert_drift_above": "1.00", "max_drift_ratio": "1"})
+    conf = {"chunk_size": 5, "alert_drift_above": "1.00", "max_drift_ratio": "1"}
+    dag_run = dagbag.dags["ledger_reconciliation"].test(run_conf=conf)
     states = {(ti.task_id, ti.map_index): str(ti.state) for ti in dag_run.get_task_instances()}
     assert dag_run.state == "success", states
 
@@ -78,12 +79,10 @@ def test_read_only_steps_run_on_the_replica_login_and_no_password_leaks(
     xcoms = [json.dumps(ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index), default=str)
              for ti in dag_run.get_task_instances()]
     captured = capfd.readouterr()
-    airflow_logs = [p.read_text(errors="replace") for p in Path(dagbag.dag_folder).parent.glob("airflow-logs/**/*")
-                    if p.is_file()]
-    from airflow.configuration import conf
+    from airflow.configuration import conf as airflow_conf
 
-    log_folder = Path(conf.get("logging", "base_log_folder"))
-    airflow_logs += [p.read_text(errors="replace") for p in log_folder.rglob("*") if p.is_file()]
+    log_folder = Path(airflow_conf.get("logging", "base_log_folder"))
+    airflow_logs = [p.read_text(errors="replace") for p in log_folder.rglob("*") if p.is_file()]
     report_files = [p.read_text(errors="replace") for p in home.rglob("*") if p.is_file()]
     assert report_files
     texts = [captured.out, captured.err, caplog.text, *xcoms, *stored, *airflow_logs, *report_files,
