@@ -1,17 +1,17 @@
 """The tamper-evident audit trail: ``reconciler.audit_log``, one row per event, SHA-256 hash-chained.
 
-Invariant: rows are only ever appended, by the database function ``reconciler.append_audit`` (migration
-0007), under the lock of the one-row ``reconciler.audit_head``, so concurrent writers cannot fork the chain
-and the chain's order is commit order. Each row stores ``body``, its canonical JSON (``seq``, ``at``, ``kind``,
-``actor``, ``data``) as the exact text that was hashed, and ``hash = sha256(prev_hash || body)`` (hex, UTF-8),
-``prev_hash`` being the previous row's hash (64 zeros for the first). :func:`verify_chain` recomputes every
-link in Python, independently of the database's own code.
+Invariant: rows are only ever appended, by the database (migration 0007): :func:`append_audit` queues events
+in the caller's transaction, and when that transaction commits a deferred trigger chains them under the lock
+of the one-row ``reconciler.audit_head``, so concurrent writers cannot fork the chain, the chain's order is
+commit order, and a rolled-back transaction leaves no audit row. The chain's lock is the last lock a
+transaction takes and is held only for its commit, so it never waits behind a customer's or a task's row
+lock. Each row stores ``body``, its canonical JSON (``seq``, ``at``, ``kind``, ``actor``, ``data``) as the
+exact text that was hashed, and ``hash = sha256(prev_hash || body)`` (hex, UTF-8), ``prev_hash`` being the
+previous row's hash (64 zeros for the first). :func:`verify_chain` recomputes every link in Python,
+independently of the database's own code.
 
-An append takes the chain's lock until its transaction ends: append as the LAST write of a transaction
-(after any customer row lock), so no transaction waits on a customer while it holds the chain.
-
-This module imports nothing above it; :mod:`reconciler.tasks`, the balance core and the guard call
-:func:`append_audit` (or embed :data:`APPEND_SQL`) inside their own transactions.
+This module imports nothing above it; :mod:`reconciler.tasks`, the balance core, the correction executor and
+the guard call :func:`append_audit` (or embed :func:`task_events_sql`) inside their own transactions.
 """
 
 from __future__ import annotations
@@ -60,30 +60,28 @@ class Head:
     hash: str
 
 
-_APPEND = text("select reconciler.append_audit(cast(:events as jsonb)) as head").bindparams(
+_APPEND = text("select reconciler.append_audit(cast(:events as jsonb))").bindparams(
     bindparam("events", type_=JSONB))
 
 
-def append_audit(conn: Connection, event: AuditEvent | Iterable[AuditEvent]) -> Head | None:
-    """Append ``event`` (or several, in order) to the chain on the caller's connection and transaction; return
-    the new head (None when there was nothing to append). Call it as the transaction's last write: the
-    chain stays locked until commit."""
+def append_audit(conn: Connection, event: AuditEvent | Iterable[AuditEvent]) -> int:
+    """Append ``event`` (or several, in order) to the chain as part of the caller's transaction: they are
+    chained when it commits, and vanish with it on rollback. Returns how many were queued."""
     events = [event] if isinstance(event, AuditEvent) else list(event)
     if not events:
-        return None
-    head = conn.execute(_APPEND, {"events": [e.to_json() for e in events]}).scalar_one()
-    return Head(int(head["seq"]), str(head["hash"]))
+        return 0
+    return int(conn.execute(_APPEND, {"events": [e.to_json() for e in events]}).scalar_one())
 
 
 def task_events_sql(rows: str) -> str:
-    """SQL (one row, ``audit_head``) appending one ``task`` event per row of ``rows`` (a relation aliased ``c``
+    """SQL (one row, ``audited``: how many) appending one ``task`` event per row of ``rows`` (a relation ``c``
     with columns ``id``, ``customer_id`` and ``audit_event``, the event just added to the task's
     ``resolution.events``), in task id order. :mod:`reconciler.tasks` embeds it in each transition's statement,
     so a transition and its audit row are written together or not at all."""
     return f"""select reconciler.append_audit(jsonb_agg(jsonb_build_object(
         'kind', 'task', 'actor', coalesce(c.audit_event ->> 'by', 'unknown'),
         'data', jsonb_build_object('task_id', c.id, 'customer_id', c.customer_id, 'event', c.audit_event))
-        order by c.id)) as audit_head
+        order by c.id)) as audited
     from {rows}"""
 
 

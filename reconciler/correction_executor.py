@@ -175,7 +175,7 @@ def resolve_task(engine: Engine, task_id: int, action: str, by: str, note: str,
             pending = current.resolution.get("pending")
             if isinstance(pending, Mapping) and pending.get("policy") in POLICIES:
                 policy = str(pending["policy"])  # a correction left in flight is completed as it was started
-            # The person's approval is on the chain before the core acts on it (last write of this transaction).
+            # The person's approval is on the chain (at this commit) before the core acts on it.
             append_audit(conn, AuditEvent("approval", by, {
                 "task_id": task_id, "customer_id": current.customer_id, "action": "correct", "policy": policy,
                 "note": note, "status": current.status, "drift": str(current.drift)}))

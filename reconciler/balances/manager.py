@@ -416,7 +416,7 @@ class BalanceManager:
             "changed": plan.changed, "audit": audit_json,
         }).one()
         if plan.changed:
-            # The transaction's last write: the audit chain stays locked only from here to the commit.
+            # Queued in this transaction, chained when it commits (reconciler.audit).
             append_audit(conn, AuditEvent("correction", actor, {
                 "customer_id": customer_id, "policy": policy, "old_balance": str(stored),
                 "new_balance": str(plan.balance_after), "ledger_sum": str(ledger_sum), "drift": str(plan.drift),

@@ -154,19 +154,39 @@ def test_the_audit_log_is_append_only_in_the_database(engine: Engine, statement:
         conn.execute(text(statement))
 
 
-def test_append_audit_chains_events_in_order_and_the_guard_can_call_it(engine: Engine) -> None:
-    """append_audit returns the new head; successive events link prev_hash to hash; nothing to append is None."""
+def test_append_audit_chains_events_in_order_at_commit_and_the_guard_can_call_it(engine: Engine) -> None:
+    """append_audit queues events in the caller's transaction; at commit they are chained in order (each
+    prev_hash the previous hash); nothing to append queues nothing; the queue is empty afterwards."""
     with engine.begin() as conn:
-        first = append_audit(conn, AuditEvent("guard", "ops", {"mode": "observe"}))
-        second = append_audit(conn, [AuditEvent("guard", "ops", {"mode": "enforce"}),
-                                     AuditEvent("guard", "ops", {"mode": "off"})])
-        assert append_audit(conn, []) is None
-    assert first is not None and second is not None and (first.length, second.length) == (1, 3)
+        assert append_audit(conn, AuditEvent("guard", "ops", {"mode": "observe"})) == 1
+        assert append_audit(conn, [AuditEvent("guard", "ops", {"mode": "enforce"}),
+                                   AuditEvent("guard", "ops", {"mode": "off"})]) == 2
+        assert append_audit(conn, []) == 0
+        assert read_head(conn).length == 0  # not chained before the commit
     with reading(engine) as conn:
         report = verify_chain(conn)
         links = conn.execute(text("select prev_hash, hash from reconciler.audit_log order by seq")).all()
-    assert report.intact and report.head_hash == second.hash
+        modes = [r["data"]["mode"] for r in audit_rows(conn)]
+        queued = conn.execute(text("select count(*) from reconciler.audit_queue")).scalar_one()
+    assert report.intact and report.length == 3 and report.head_hash == links[-1].hash
     assert [row.prev_hash for row in links[1:]] == [row.hash for row in links[:-1]]
+    assert modes == ["observe", "enforce", "off"] and queued == 0
+
+
+def test_an_open_transaction_that_appended_holds_no_lock_until_it_commits(engine: Engine) -> None:
+    """The chain is locked only at commit: while one transaction that appended is still open (a run's long
+    task transaction, say), another appends and commits at once; the chain follows commit order."""
+    with engine.connect() as first, engine.connect() as second:
+        with first.begin():
+            append_audit(first, AuditEvent("guard", "first", {}))
+            with second.begin():
+                second.execute(text("set local lock_timeout = '1s'"))
+                append_audit(second, AuditEvent("guard", "second", {}))
+            # second committed while first is still open
+        with reading(engine) as conn:
+            actors = [r["actor"] for r in audit_rows(conn)]
+            assert verify_chain(conn).intact
+    assert actors == ["second", "first"]
 
 
 def test_a_rolled_back_transition_leaves_no_audit_row(engine: Engine) -> None:

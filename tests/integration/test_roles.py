@@ -261,8 +261,9 @@ def test_only_append_audit_writes_the_chain_for_an_operator(roles: Engine, make_
     """An operator appends through reconciler.append_audit, and cannot insert or rewrite rows itself."""
     operator = login_engine(make_login(OPERATOR))
     with operator.begin() as conn:
-        head = append_audit(conn, AuditEvent("guard", "ops", {"mode": "observe"}))
-    assert head is not None and head.length == 1
+        assert append_audit(conn, AuditEvent("guard", "ops", {"mode": "observe"})) == 1
+    with roles.connect() as conn:
+        assert conn.execute(text("select seq from reconciler.audit_head")).scalar_one() == 1
     with pytest.raises(ProgrammingError), operator.begin() as conn:
         conn.execute(text("update reconciler.audit_head set seq = 0"))
     assert post_entry and ledger_sum  # the factories used above
