@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from reconciler.corrections import BUSY_RUNS_CALLOUT
 from reconciler.money import ZERO, format_money
+from reconciler.row_locks import format_lockers
 from reconciler.vocabulary import Cause
 
 #: Upper bounds (in days) of the aging buckets of unresolved tasks; the last bucket is open-ended.
@@ -256,6 +258,17 @@ class QualityView:
 
 
 @dataclass(frozen=True)
+class BusyLine:
+    """A customer whose correction was skipped because another session held its row lock."""
+
+    customer_id: int
+    task_id: int | None
+    lockers: str
+    runs_in_a_row: int
+    called_out: bool  # busy for BUSY_RUNS_CALLOUT runs in a row or more
+
+
+@dataclass(frozen=True)
 class ReportModel:
     summary: Summary
     tie_out_found: tuple[TieOutLine, ...]
@@ -268,6 +281,7 @@ class ReportModel:
     quality: QualityView
     warnings: tuple[str, ...]
     now: dt.datetime
+    busy: tuple[BusyLine, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """summary.json: decimals as strings, times ISO 8601."""
@@ -301,6 +315,8 @@ class ReportModel:
             "csv": {"file": "tasks.csv", "rows": s.drifting, "drift_total": str(s.net_drift),
                     "abs_drift_total": str(s.total_abs_drift)},
             "warnings": list(self.warnings),
+            "busy": [{"customer_id": b.customer_id, "task_id": b.task_id, "lockers": b.lockers,
+                      "runs_in_a_row": b.runs_in_a_row, "called_out": b.called_out} for b in self.busy],
         }
 
 
@@ -502,6 +518,19 @@ def build_warnings(inp: ReportInput, summary: Summary) -> tuple[str, ...]:
     return tuple(notes)
 
 
+def build_busy(run: RunFacts) -> tuple[BusyLine, ...]:
+    """The run's busy customers (from its outcome), longest-busy first (pure)."""
+    listed = run.outcome.get("busy")
+    lines = []
+    for item in listed if isinstance(listed, list) else []:
+        held = format_lockers(item.get("lockers") or [])
+        streak = int(item.get("runs_in_a_row") or 1)
+        task_id = item.get("task_id")
+        lines.append(BusyLine(int(item["customer_id"]), int(task_id) if task_id is not None else None, held, streak,
+                              streak >= BUSY_RUNS_CALLOUT))
+    return tuple(sorted(lines, key=lambda line: (-line.runs_in_a_row, line.customer_id)))
+
+
 def build_report_model(inp: ReportInput) -> ReportModel:
     """The whole report of a run from its fetched rows (pure)."""
     summary = build_summary(inp.run, inp.outcomes)
@@ -517,4 +546,5 @@ def build_report_model(inp: ReportInput) -> ReportModel:
         quality=build_quality(inp.quality, inp.data_docs_href),
         warnings=build_warnings(inp, summary),
         now=inp.now,
+        busy=build_busy(inp.run),
     )

@@ -344,8 +344,9 @@ def mark_many_needs_review(conn: Connection, reviews: Sequence[tuple[int, Decima
 
 
 #: Outcomes that leave the task as it is and only append an event (the event's action); ``pending`` is cleared
-#: so the next run decides afresh. A new such outcome (say ``busy``) is one entry here.
-EVENT_ONLY_OUTCOMES: Mapping[str, str] = {"deferred": "defer"}
+#: so the next run decides afresh (``busy``: another session held the row lock). A new such outcome is one
+#: entry here.
+EVENT_ONLY_OUTCOMES: Mapping[str, str] = {"deferred": "defer", "busy": "busy"}
 #: Outcomes that resolve the task: (status, event action).
 RESOLVING_OUTCOMES: Mapping[str, tuple[str, str]] = {"corrected": ("corrected", "correct"),
                                                       "vanished": ("dismissed", "dismiss")}
@@ -455,6 +456,34 @@ def run_task_counts(conn: Connection, run_id: int) -> dict[str, int]:
                    as dismissed
         from reconciler.tasks t where t.last_seen_run_id = :run"""), {"run": run_id}).one()
     return {"opened": int(row.opened), "updated": int(row.updated), "dismissed": int(row.dismissed)}
+
+
+def busy_streak(events: Sequence[Mapping[str, Any]]) -> int:
+    """How many runs in a row, up to the latest event, found the task's customer locked (pure).
+
+    Counts the trailing ``busy`` events of distinct runs; events of other kinds by the same runs (e.g.
+    ``seen``) do not break the streak, any other run's event does."""
+    runs: list[object] = []
+    for event in reversed(events):
+        if event.get("action") == "busy":
+            if event.get("run_id") not in runs:
+                runs.append(event.get("run_id"))
+        elif event.get("run_id") not in runs or event.get("run_id") is None:
+            break
+    return len(runs)
+
+
+_BUSY_EVENTS = text("""
+select t.id, t.customer_id, t.resolution -> 'events' as events from reconciler.tasks t
+where t.id = any(cast(:ids as bigint[]))""").bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
+
+
+def busy_streaks(conn: Connection, task_ids: Sequence[int]) -> dict[int, int]:
+    """:func:`busy_streak` of each task, by task id."""
+    if not task_ids:
+        return {}
+    rows = conn.execute(_BUSY_EVENTS, {"ids": list(task_ids)}).all()
+    return {int(row.id): busy_streak(row.events or []) for row in rows}
 
 
 def describe(task: TaskView) -> str:

@@ -242,3 +242,12 @@ def scripted_history(engine: Engine) -> History:
                    (:r, 'balance_integrity', 'balance_matches_ledger', false,
                     '{"observed": 3, "severity": "warning", "description": "drift still stands"}')"""), {"r": r3})
     return History((r1, r2, r3), tasks)
+
+
+def make_honest_customers(engine: Engine, customer_ids: range | list[int], amount: str = "50.00") -> None:
+    """Many customers at once, each with one entry of ``amount`` and the matching cached balance."""
+    money = Decimal(amount)
+    with engine.begin() as conn:
+        conn.execute(insert(customers), [{"id": i, "balance": money} for i in customer_ids])
+        conn.execute(insert(ledger_entries), [{"customer_id": i, "amount": money, "kind": "payment",
+                                               "balance_after": money} for i in customer_ids])

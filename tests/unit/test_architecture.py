@@ -202,8 +202,12 @@ def test_the_scans_recognise_every_way_of_writing() -> None:
 # ---- the test suite's own shape ---------------------------------------------------------------------------
 
 TESTS = ROOT / "tests"
-#: Modules every test may import: the factories and the fixture plugins.
-SHARED_TEST_MODULES = ("tests.factories", "tests.fix_db", "tests.fix_steps", "tests.fix_http")
+#: Modules every test may import: the factories, the fixture plugins (``tests/fix_*.py``) and conftest modules.
+SHARED_TEST_MODULES = ("tests.factories", "tests.fix_")
+
+
+def _shared(name: str) -> bool:
+    return name.startswith(SHARED_TEST_MODULES) or name.split(".")[-1] == "conftest" or ".conftest." in name
 
 
 def test_no_test_module_imports_another() -> None:
@@ -212,7 +216,7 @@ def test_no_test_module_imports_another() -> None:
         f"{_rel(path)} imports {name}"
         for path in TESTS.rglob("test_*.py")
         for name in _imported_modules(path)
-        if name.startswith("tests.") and not name.startswith(SHARED_TEST_MODULES))
+        if name.startswith("tests.") and not _shared(name))
     assert offenders == []
 
 
