@@ -14,19 +14,22 @@ How each operation keeps round trips low (the throughput target is >= 0.7x a raw
 baseline; round trips and client CPU per statement decide it, as measured in bench/README.md):
 
 - ``update_balance`` first tries ONE statement in autocommit (its own transaction, one round trip): a
-  CTE whose ``UPDATE ... RETURNING`` takes the customer's row lock (the lock ``SELECT ... FOR UPDATE``
+  CTE whose ``UPDATE ... RETURNING`` takes the customer's row lock (the lock ``SELECT ... FOR NO KEY UPDATE``
   takes; after a lock wait PostgreSQL re-checks the WHERE against the newest committed row, so no
   update is lost) and whose ``INSERT`` appends the entry with the returned balance as ``balance_after``.
   Its WHERE changes the balance only when the funds guard holds, the idempotency key is unused and the
   balance equals what the chain expects. Otherwise it writes nothing, and the *locked path* decides with
-  exact values in one transaction: ``SELECT ... FOR UPDATE``, then one CTE that updates the balance,
+  exact values in one transaction: ``SELECT ... FOR NO KEY UPDATE``, then one CTE that updates the balance,
   appends the entry and reads the chain with a snapshot taken after the lock was granted (plus the
   realtime task when the chain is broken). Bad input, refused debits, contention on one customer and
   chain mismatches take the locked path; ordinary payments never do.
-- ``transfer`` locks both customers with one ``SELECT ... ORDER BY id FOR UPDATE`` (always in id
+- ``transfer`` locks both customers with one ``SELECT ... ORDER BY id FOR NO KEY UPDATE`` (always in id
   order, so two opposite transfers cannot deadlock), then one CTE updates both and appends both entries.
-- ``reconcile_balance`` locks the customer (``SELECT ... FOR UPDATE``), re-reads the ledger sum under
-  the lock, then settles the balance and logs the reconciliation in one CTE.
+- ``reconcile_balance`` locks the customer (``SELECT ... FOR NO KEY UPDATE``; with ``nowait=True`` a
+  customer locked by another session raises :class:`CustomerBusyError` at once), re-reads the ledger sum
+  under the lock, then settles the balance and logs the reconciliation in one CTE.
+- Every row lock is ``FOR NO KEY UPDATE``, the lock a plain UPDATE takes: the core never changes a key, so
+  it never blocks another session's KEY SHARE (a foreign key check on a row referencing the customer).
 - Each call checks a connection out of the engine's pool (plus its pre-ping, when configured); a worker
   loop can hold one connection for many calls with ``with manager.pinned() as core: ...``.
 

@@ -79,7 +79,7 @@ SELECT c.balance, k.id AS key_entry_id
 FROM customers AS c
 LEFT JOIN customer_ledger_entries AS k ON k.idempotency_key = CAST(:idempotency_key AS text)
 WHERE c.id = CAST(:customer_id AS bigint)
-FOR UPDATE OF c
+FOR NO KEY UPDATE OF c
 """)
 
 # The locked path, statement 2: started after the lock was granted, so its snapshot sees every change
@@ -121,7 +121,7 @@ SELECT c.id, c.balance,
 FROM customers AS c
 WHERE c.id IN (CAST(:from_id AS bigint), CAST(:to_id AS bigint))
 ORDER BY c.id
-FOR UPDATE OF c
+FOR NO KEY UPDATE OF c
 """)
 
 _APPLY_TRANSFER = text("""
@@ -168,14 +168,16 @@ LEFT JOIN LATERAL (
 ) AS anchor ON true
 """)
 
-_LOCK_FOR_RECONCILIATION = text("""
+_LOCK_FOR_RECONCILIATION_SQL = """
 SELECT c.balance, r.id AS key_id, r.customer_id AS key_customer_id, r.policy AS key_policy,
        r.stored_before, r.ledger_sum, r.drift_before, r.balance_after, r.entry_id, r.changed
 FROM customers AS c
 LEFT JOIN reconciler.balance_reconciliations AS r ON r.idempotency_key = CAST(:idempotency_key AS text)
 WHERE c.id = CAST(:customer_id AS bigint)
-FOR UPDATE OF c
-""")
+FOR NO KEY UPDATE OF c"""
+_LOCK_FOR_RECONCILIATION = text(_LOCK_FOR_RECONCILIATION_SQL)
+#: A run's corrections never wait: a customer locked by another session is skipped as busy at once.
+_LOCK_FOR_RECONCILIATION_NOWAIT = text(_LOCK_FOR_RECONCILIATION_SQL + " NOWAIT")
 
 _LEDGER_TOTALS = text("""
 SELECT coalesce(sum(amount), 0) AS ledger_sum, max(id) AS last_entry_id

@@ -19,7 +19,7 @@ from reconciler.schema import runs, tasks
 from tests.factories import cached_balance, ledger_sum, make_customer, post_entry, set_cached_balance
 from tests.fix_http import Webhook
 from tests.fix_roles import MakeLogin
-from tests.integration.test_secrets import HOOK_PASSWORD, READ_PASSWORD, WRITE_PASSWORD, leaks
+from tests.fix_secrets import HOOK_PASSWORD, READ_PASSWORD, WRITE_PASSWORD, leaks
 
 pytestmark = pytest.mark.slow
 CUSTOMERS = 12

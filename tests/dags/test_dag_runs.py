@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, insert, select, text
 from sqlalchemy.engine import URL
 
 from reconciler.schema import runs, tasks
-from tests.factories import cached_balance, entry_count, ledger_sum, make_customer, post_entry, set_cached_balance
+from tests.factories import cached_balance, entry_count, ledger_sum, seed_thirty_customers
 from tests.fix_http import Webhook
 
 pytestmark = pytest.mark.slow
@@ -22,21 +22,10 @@ CUSTOMERS = 30
 PLANTED = {5: Decimal("12.34"), 17: Decimal("-5.00"), 29: Decimal("250.00")}
 
 
-def _seed(engine: Engine, *, plant: bool = True) -> None:
-    """Thirty customers with two entries each and an honest balance, then three planted drifts."""
-    for customer in range(1, CUSTOMERS + 1):
-        make_customer(engine, customer)
-        post_entry(engine, customer, Decimal(customer * 10) + Decimal("0.25"))
-        post_entry(engine, customer, Decimal("-3.10"))
-        set_cached_balance(engine, customer, ledger_sum(engine, customer))
-    for customer, drift in (PLANTED.items() if plant else ()):
-        set_cached_balance(engine, customer, ledger_sum(engine, customer) + drift)
-
-
 @pytest.fixture
 def ledger(engine: Engine, db_url: URL, monkeypatch: pytest.MonkeyPatch) -> Engine:
     """This test's seeded ledger, reachable from tasks through the Airflow connection ``ledger_db``."""
-    _seed(engine)
+    seed_thirty_customers(engine, PLANTED)
     monkeypatch.setenv("AIRFLOW_CONN_LEDGER_DB", db_url.set(drivername="postgresql")
                        .render_as_string(hide_password=False))
     return engine

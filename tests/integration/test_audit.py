@@ -25,7 +25,7 @@ from reconciler.correction_executor import resolve_task
 from reconciler.db import make_engine, reading
 from reconciler.pipeline import RunOptions
 from reconciler.tasks import list_tasks
-from tests.factories import make_drifting_customer
+from tests.factories import cached_balance, make_drifting_customer, set_cached_balance
 
 pytestmark = pytest.mark.usefixtures("quick_quality_and_report")
 runner = CliRunner()
@@ -50,10 +50,12 @@ def demo_with_review(engine: Engine, database_env: URL) -> Engine:
     """A demo ledger after one run (corrections within the limit, the rest sent to review) and one reviewed
     task corrected by a person."""
     demo.seed(engine, demo.SeedOptions(customers=300, entries_per_customer=4, drift_rate=Decimal("0.05"), seed=7))
-    with engine.begin() as conn:  # a few small drifts too, which the run corrects on its own
-        conn.execute(text("""update customers set balance = balance + 2.00 where id in (
-            select id from customers where id not in (select customer_id from reconciler.demo_plants)
-            order by id limit 4)"""))
+    with engine.connect() as conn:  # a few small drifts too, which the run corrects on its own
+        small = list(conn.execute(text("""select id from customers where id not in
+                                           (select customer_id from reconciler.demo_plants) order by id limit 4""")
+                                  ).scalars())
+    for customer in small:
+        set_cached_balance(engine, customer, cached_balance(engine, customer) + Decimal("2.00"))
     summary = pipeline.run_reconciliation(engine, RunOptions(max_drift_ratio=Decimal("1"),
                                                              auto_correct_limit=Decimal("5.00")))
     assert summary.corrected > 0 and summary.needs_review > 0

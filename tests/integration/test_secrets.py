@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,26 +21,9 @@ from reconciler.roles import OPERATOR, READER
 from tests.factories import make_drifting_customer
 from tests.fix_http import Webhook
 from tests.fix_roles import MakeLogin
-
-#: Distinctive passwords: each must never be seen anywhere.
-WRITE_PASSWORD = "Wr1te-Zebra-9f3Kq-secret"
-READ_PASSWORD = "Re4d-Quokka-7hP2x-secret"
-HOOK_PASSWORD = "H00k-Narwhal-5tV8m-secret"
-SMTP_PASSWORD = "Smtp-Ocelot-3gW6z-secret"
-SECRETS = (WRITE_PASSWORD, READ_PASSWORD, HOOK_PASSWORD, SMTP_PASSWORD)
+from tests.fix_secrets import HOOK_PASSWORD, READ_PASSWORD, SMTP_PASSWORD, WRITE_PASSWORD, leaks
 
 runner = CliRunner()
-
-
-def leaks(texts: Iterable[str]) -> list[str]:
-    """Which secrets (or their distinctive middle part) occur in ``texts``."""
-    found = []
-    for blob in texts:
-        for secret in SECRETS:
-            if secret in blob or secret.split("-")[2] in blob:
-                found.append(f"{secret} in {blob[:200]!r}")
-    return found
-
 
 def files_under(*folders: Path) -> list[str]:
     """Every file under ``folders`` as text (reports, CSV, summary.json, Data Docs)."""

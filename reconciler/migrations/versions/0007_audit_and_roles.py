@@ -33,7 +33,7 @@ from alembic import op
 from sqlalchemy import text
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0005"
 
 GENESIS_HASH = "0" * 64
 
@@ -58,7 +58,7 @@ create table reconciler.audit_head (
 insert into reconciler.audit_head (id, seq, hash) values (true, 0, '{GENESIS_HASH}');
 create unlogged table reconciler.audit_queue (
     id bigint generated always as identity primary key,
-    txid xid8 not null default pg_current_xact_id(),
+    txid bigint not null default (pg_current_xact_id()::text)::bigint,
     kind text not null,
     actor text not null,
     data jsonb not null
@@ -103,7 +103,7 @@ end $$;
 create or replace function reconciler.seal_audit() returns trigger
 language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 declare
-    me xid8 := pg_current_xact_id();
+    me bigint := (pg_current_xact_id()::text)::bigint;
     head_seq bigint;
     head_hash text;
     ev record;
