@@ -104,7 +104,7 @@ def run(
         if json_output:
             emit_json(summary.to_json())
         else:
-            _print_human(engine, summary, top)
+            _print_human(read_engine or engine, summary, top)  # report reads: on the read URL when set
     except RunFailedError as exc:
         fail(str(exc), ExitCode.FAILED)
     except ReconcilerError as exc:  # raised before the run started (e.g. unknown ids): nothing was written
