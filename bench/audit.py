@@ -1,15 +1,16 @@
 """Bench section ``audit``: what the hash-chained audit trail costs per correction.
 
 Each correction (``BalanceManager.reconcile_balance``, policy ``ledger``, on a customer drifting by 1.00)
-appends one ``correction`` row to ``reconciler.audit_log`` in the core's transaction, under the chain's
-lock (the head row, held until commit). Measured against the same corrections with the append switched
-off (the core's ``append_audit`` replaced by a no-op), in alternating rounds on fresh customers so both see
-the same machine; median round reported:
+queues one ``correction`` event in the core's statement, chained into ``reconciler.audit_log`` at commit
+under the chain's lock (the head row). Measured against the same corrections with
+``reconciler.append_audit`` replaced by a no-op in the bench's own database, in alternating rounds on fresh
+customers so both see the same machine; median round reported:
 
-- at 1 thread: the latency a correction pays for its audit row (one more round trip and the SHA-256 in
-  PostgreSQL);
-- at 4 threads: corrections of different customers now serialise on the chain's lock from the append to the
-  commit, so this is where contention would show.
+- at 1 thread: the latency a correction pays for its audit row (one more round trip, the queue, and at
+  commit the chaining with its SHA-256 in PostgreSQL), with PostgreSQL's defaults (the commit waits for the
+  disk, and the audit row adds WAL to flush) and with ``synchronous_commit=off`` (the work alone: CPU);
+- at 4 threads: corrections of different customers serialise on the chain's lock for their commit, so this is
+  where contention shows.
 
 Plus the size of one audit row on disk and how fast ``audit verify`` recomputes the chain.
 """
@@ -21,19 +22,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
-import reconciler.balances.manager as core_manager
 from reconciler.audit import verify_chain
 from reconciler.balances import BalanceManager
 from reconciler.db import make_engine, reading
 
 SECTION = "audit"
-#: Target: the chain adds at most this share to a correction's latency at 1 thread.
-OVERHEAD_TARGET = 0.5
+#: Target: the chain's own work adds at most this share to a correction at 1 thread (synchronous_commit=off).
+OVERHEAD_TARGET = 0.25
 
 
 def row(name: str, value: float, unit: str, target: str | None = None, ok: bool | None = None) -> dict[str, object]:
@@ -51,16 +51,27 @@ def seed(engine: Engine, customers: int) -> None:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("vacuum analyze"))
 
 
+_NO_OP = """create or replace function reconciler.append_audit(events jsonb) returns integer
+language sql security definer set search_path = pg_catalog, pg_temp as $$ select 0 $$"""
+
+
 @contextmanager
-def chain_switched(on: bool) -> Iterator[None]:
-    """The core's audit append as it is (``on``) or replaced by a no-op."""
-    original = core_manager.append_audit
-    if not on:
-        core_manager.append_audit = lambda conn, event: None  # type: ignore[assignment]
-    try:
+def chain_switched(engine_url: URL, on: bool) -> Iterator[None]:
+    """The audit append as migrated (``on``), or ``reconciler.append_audit`` replaced by a no-op in this bench's
+    own database (same function, so the core's prepared statements follow) and restored afterwards."""
+    if on:
         yield
-    finally:
-        core_manager.append_audit = original  # type: ignore[assignment]
+        return
+    dsn = engine_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("select pg_get_functiondef('reconciler.append_audit(jsonb)'::regprocedure)").fetchone()
+        assert row is not None
+        original = str(row[0])
+        conn.execute(_NO_OP)
+        try:
+            yield
+        finally:
+            conn.execute(original)
 
 
 def correct_all(engine: Engine, customers: list[int], threads: int) -> float:
@@ -93,12 +104,12 @@ def correct_all(engine: Engine, customers: list[int], threads: int) -> float:
 
 
 def compare(engine: Engine, next_customers: Callable[[int], list[int]], threads: int, per_round: int,
-            rounds: int) -> dict[bool, float]:
+            rounds: int, engine_url: URL) -> dict[bool, float]:
     """Median corrections per second with the chain on and off, rounds alternating."""
     rates: dict[bool, list[float]] = {True: [], False: []}
     for round_index in range(rounds):
         for on in ((True, False) if round_index % 2 == 0 else (False, True)):
-            with chain_switched(on):
+            with chain_switched(engine_url, on):
                 elapsed = correct_all(engine, next_customers(per_round), threads)
             rates[on].append(per_round / elapsed)
     return {on: statistics.median(values) for on, values in rates.items()}
@@ -108,10 +119,11 @@ def run(quick: bool, engine_url: URL) -> list[dict[str, object]]:
     """Run the section on ``engine_url`` (a freshly migrated database of its own) and return its rows."""
     per_round = 300 if quick else 1_000
     rounds = 3 if quick else 5
-    plan = [(1, per_round), (4, per_round)]
-    total = sum(2 * rounds * n for _, n in plan)
-    engine = make_engine(engine_url, pool_size=8)
+    plan = [(1, True), (1, False), (4, True)]  # (threads, commits wait for the disk)
+    total = 2 * rounds * per_round * len(plan)
     rows: list[dict[str, object]] = []
+    engine = make_engine(engine_url, pool_size=8)
+    unsynced = make_engine(engine_url, pool_size=8, connect_args={"options": "-csynchronous_commit=off"})
     try:
         seed(engine, total)
         pool: Iterator[int] = iter(range(1, total + 1))
@@ -119,21 +131,18 @@ def run(quick: bool, engine_url: URL) -> list[dict[str, object]]:
         def take(n: int) -> list[int]:
             return [next(pool) for _ in range(n)]
 
-        for threads, n in plan:
-            rates = compare(engine, take, threads, n, rounds)
+        for threads, synced in plan:
+            rates = compare(engine if synced else unsynced, take, threads, per_round, rounds, engine_url)
             with_ms, without_ms = 1000 / rates[True], 1000 / rates[False]
-            label = f"{threads} thread{'s' if threads > 1 else ''}"
+            label = f"{threads} thread{'s' if threads > 1 else ''}{'' if synced else ', synchronous_commit=off'}"
+            cost, share = with_ms - without_ms, (with_ms - without_ms) / without_ms
             rows.append(row(f"corrections/s with the audit chain, {label}", rates[True], "corrections/s"))
             rows.append(row(f"corrections/s without it, {label}", rates[False], "corrections/s"))
-            if threads == 1:
-                cost = with_ms - without_ms
-                share = cost / without_ms
-                rows.append(row("chain cost per correction, 1 thread (latency added)", cost, "ms"))
-                rows.append(row("chain overhead per correction, 1 thread", share * 100, "%",
-                                f"<= {OVERHEAD_TARGET * 100:g}%", share <= OVERHEAD_TARGET))
-            else:
-                rows.append(row(f"chain cost per correction, {label} (wall time per correction added)",
-                                (1000 / rates[True]) - (1000 / rates[False]), "ms"))
+            rows.append(row(f"chain cost per correction, {label}", cost, "ms"))
+            target = not synced and threads == 1
+            rows.append(row(f"chain overhead per correction, {label}", share * 100, "%",
+                            f"<= {OVERHEAD_TARGET * 100:g}%" if target else None,
+                            share <= OVERHEAD_TARGET if target else None))
         with engine.connect() as conn:
             length, size = conn.execute(text("""select count(*), pg_total_relation_size('reconciler.audit_log')
                                                 from reconciler.audit_log""")).one()
@@ -146,7 +155,8 @@ def run(quick: bool, engine_url: URL) -> list[dict[str, object]]:
         rows.append(row("audit verify speed", report.length / elapsed, "rows/s", "intact", report.intact))
     finally:
         engine.dispose()
+        unsynced.dispose()
     return rows
 
 
-__all__: list[Any] = ["run"]
+__all__ = ["run"]

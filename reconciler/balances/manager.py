@@ -27,7 +27,6 @@ from sqlalchemy import Connection, Engine, TextClause
 from sqlalchemy.exc import DBAPIError
 
 from reconciler import tasks as task_lifecycle
-from reconciler.audit import AuditEvent, append_audit
 from reconciler.db import describe_url
 from reconciler.db_errors import (
     is_connection_failure,
@@ -427,15 +426,14 @@ class BalanceManager:
             "stored_before": stored, "ledger_sum": ledger_sum, "drift": plan.drift,
             "balance_after": plan.balance_after, "set_balance": plan.changed and policy == "ledger",
             "adjustment": plan.adjustment, "kind": ADJUSTMENT_KIND, "last_entry_id": totals.last_entry_id,
-            "changed": plan.changed, "audit": audit_json,
-        }).one()
-        if plan.changed:
-            # Queued in this transaction, chained when it commits (reconciler.audit).
-            append_audit(conn, AuditEvent("correction", actor, {
+            "changed": plan.changed, "audit": audit_json, "actor": actor,
+            # The audit row of the correction (old and new values, policy, who; the database adds when).
+            "audit_event": json.dumps({
                 "customer_id": customer_id, "policy": policy, "old_balance": str(stored),
                 "new_balance": str(plan.balance_after), "ledger_sum": str(ledger_sum), "drift": str(plan.drift),
-                "entry_id": settled.entry_id, "reconciliation_id": int(settled.reconciliation_id),
-                "idempotency_key": key, "reference": reference, "audit": json.loads(audit_json)}))
+                "idempotency_key": key, "reference": reference, "audit": json.loads(audit_json)}),
+        }).one()
+        if plan.changed:
             log.info("reconciled customer %s (policy %s): balance %s -> %s, drift was %s",
                      customer_id, policy, stored, plan.balance_after, plan.drift)
         return Reconciliation(customer_id, policy, stored, ledger_sum, plan.drift, plan.balance_after,
