@@ -49,10 +49,17 @@ def roles(json_output: Annotated[bool, typer.Option("--json", help="Print one JS
         engine = open_engine()
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
+    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415
+
     try:
         result = role_store.apply_roles(engine)
     except ReconcilerError as exc:
         fail(str(exc), ExitCode.USAGE)
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        fail("creating roles and granting on the ledger needs a login with CREATEROLE that owns the ledger and "
+             "reconciler tables (the one that ran `db upgrade`); nothing was changed", ExitCode.USAGE)
     finally:
         engine.dispose()
     if json_output:

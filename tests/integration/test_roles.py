@@ -267,3 +267,11 @@ def test_only_append_audit_writes_the_chain_for_an_operator(roles: Engine, make_
     with pytest.raises(ProgrammingError), operator.begin() as conn:
         conn.execute(text("update reconciler.audit_head set seq = 0"))
     assert post_entry and ledger_sum  # the factories used above
+
+
+def test_db_roles_as_a_login_without_the_right_says_so(roles: Engine, make_login: MakeLogin,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`db roles` as an operator (no CREATEROLE, owns nothing): exit 2, one line, nothing changed."""
+    monkeypatch.setenv("RECONCILER_DATABASE_URL", make_login(OPERATOR).render_as_string(hide_password=False))
+    result = runner.invoke(app, ["db", "roles"])
+    assert result.exit_code == 2 and "CREATEROLE" in result.stderr
