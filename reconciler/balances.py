@@ -49,6 +49,10 @@ first result (``replayed=True``) and writes nothing; the same key for a differen
 operation or kind raises :class:`IdempotencyConflictError`. Two callers racing with one key are
 decided by the unique index: the loser's transaction rolls back whole and it returns the winner's result.
 
+The guard (``reconciler.guard``) recognises these writes as the core's: every UPDATE and INSERT here has
+``CORE_WRITE_MARK`` in its WHERE (a transaction-local ``set_config`` evaluated before its first row is
+written, no extra round trip), so the guard's triggers queue nothing for them.
+
 Serialization failures (40001) and deadlocks (40P01) are retried up to ``max_retries`` times with a
 short jittered backoff, then :class:`TransientDatabaseError`; every other database error propagates.
 """
@@ -83,6 +87,7 @@ from reconciler.errors import (
     InvalidOperationError,
     TransientDatabaseError,
 )
+from reconciler.guard import CORE_WRITE_MARK
 from reconciler.money import MAX_AMOUNT, ZERO, is_drift, to_positive_money, to_tolerance
 
 log = logging.getLogger(__name__)
@@ -367,6 +372,7 @@ changed AS (
       AND (CAST(:allow_negative AS boolean) OR balance + CAST(:amount AS numeric) >= 0)
       AND NOT EXISTS (SELECT FROM key_hit)
       AND balance = coalesce((SELECT balance FROM expected), balance)
+      AND {CORE_WRITE_MARK}
     RETURNING balance
 ),
 posted AS (
@@ -374,6 +380,7 @@ posted AS (
     SELECT CAST(:customer_id AS bigint), CAST(:amount AS numeric), CAST(:kind AS text),
            CAST(:reference AS text), CAST(:idempotency_key AS text), changed.balance
     FROM changed
+    WHERE {CORE_WRITE_MARK}
     RETURNING id
 )
 SELECT posted.id AS entry_id, changed.balance AS balance_after,
@@ -400,13 +407,14 @@ _LOCKED_CHANGE = text(f"""
 WITH {_CHAIN_LINK_CTES}
 changed AS (
     UPDATE customers SET balance = CAST(:balance_after AS numeric), updated_at = now()
-    WHERE id = CAST(:customer_id AS bigint)
+    WHERE id = CAST(:customer_id AS bigint) AND {CORE_WRITE_MARK}
     RETURNING id
 ),
 posted AS (
     INSERT INTO customer_ledger_entries (customer_id, amount, kind, reference, idempotency_key, balance_after)
-    VALUES (CAST(:customer_id AS bigint), CAST(:amount AS numeric), CAST(:kind AS text), CAST(:reference AS text),
-            CAST(:idempotency_key AS text), CAST(:balance_after AS numeric))
+    SELECT CAST(:customer_id AS bigint), CAST(:amount AS numeric), CAST(:kind AS text), CAST(:reference AS text),
+           CAST(:idempotency_key AS text), CAST(:balance_after AS numeric)
+    WHERE {CORE_WRITE_MARK}
     RETURNING id
 )
 SELECT posted.id AS entry_id,
@@ -436,7 +444,7 @@ ORDER BY c.id
 FOR UPDATE OF c
 """)
 
-_APPLY_TRANSFER = text("""
+_APPLY_TRANSFER = text(f"""
 WITH key_hit AS (
     SELECT id FROM customer_ledger_entries
     WHERE idempotency_key IN (CAST(:key_out AS text), CAST(:key_in AS text))
@@ -451,14 +459,14 @@ moved AS (
     UPDATE customers AS c
     SET balance = sides.balance_after, updated_at = now()
     FROM sides
-    WHERE c.id = sides.customer_id AND NOT EXISTS (SELECT FROM key_hit)
+    WHERE c.id = sides.customer_id AND NOT EXISTS (SELECT FROM key_hit) AND {CORE_WRITE_MARK}
     RETURNING c.id
 ),
 posted AS (
     INSERT INTO customer_ledger_entries (customer_id, amount, kind, reference, idempotency_key, balance_after)
     SELECT customer_id, amount, kind, CAST(:reference AS text), idempotency_key, balance_after
     FROM sides
-    WHERE NOT EXISTS (SELECT FROM key_hit)
+    WHERE NOT EXISTS (SELECT FROM key_hit) AND {CORE_WRITE_MARK}
     ORDER BY outgoing DESC
     RETURNING id, customer_id
 )
@@ -503,17 +511,17 @@ FROM customer_ledger_entries
 WHERE customer_id = CAST(:customer_id AS bigint)
 """)
 
-_SETTLE = text("""
+_SETTLE = text(f"""
 WITH settled AS (
     UPDATE customers SET balance = CAST(:balance_after AS numeric), updated_at = now()
-    WHERE id = CAST(:customer_id AS bigint) AND CAST(:set_balance AS boolean)
+    WHERE id = CAST(:customer_id AS bigint) AND CAST(:set_balance AS boolean) AND {CORE_WRITE_MARK}
     RETURNING id
 ),
 adjustment AS (
     INSERT INTO customer_ledger_entries (customer_id, amount, kind, reference, balance_after)
     SELECT CAST(:customer_id AS bigint), CAST(:adjustment AS numeric), CAST(:kind AS text),
            CAST(:reference AS text), CAST(:balance_after AS numeric)
-    WHERE CAST(:adjustment AS numeric) IS NOT NULL
+    WHERE CAST(:adjustment AS numeric) IS NOT NULL AND {CORE_WRITE_MARK}
     RETURNING id
 ),
 logged AS (
