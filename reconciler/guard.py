@@ -542,13 +542,18 @@ where w.at >= coalesce((select started_at from latest), '-infinity')
 """)
 
 
+def read_triggers(conn: Connection) -> tuple[TriggerState, ...]:
+    """The guard's triggers as ``pg_trigger`` has them (arguments decoded from ``tgargs``)."""
+    return tuple(
+        TriggerState(r.table_name, r.name, r.tgenabled,
+                     tuple(part.decode() for part in bytes(r.tgargs).split(b"\x00")[:-1]))
+        for r in conn.execute(_TRIGGERS))
+
+
 def guard_status(engine: Engine) -> GuardStatus:
     """The installed guard as the database has it (``pg_trigger``), and the bypass writes since the latest run."""
     with engine.connect() as conn:
-        triggers = tuple(
-            TriggerState(r.table_name, r.name, r.tgenabled,
-                         tuple(part.decode() for part in bytes(r.tgargs).split(b"\x00")[:-1]))
-            for r in conn.execute(_TRIGGERS))
+        triggers = read_triggers(conn)
         since = conn.execute(_SINCE).one()
     mode, allow, missing = read_mode(triggers)
     notes = []

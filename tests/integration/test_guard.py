@@ -20,7 +20,7 @@ from reconciler import guard
 from reconciler.balances import BalanceManager
 from reconciler.guard import guard_status, install, uninstall
 from reconciler.tasks import list_tasks
-from tests.factories import cached_balance, ledger_sum, make_customer, post_entry
+from tests.factories import cached_balance, ledger_sum, make_customer
 
 D = Decimal
 
