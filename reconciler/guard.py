@@ -60,6 +60,10 @@ STATEMENT_LIMIT = 2000
 FINGERPRINT_LIMIT = 1000
 INSTALL_LOCK_TIMEOUT = "5s"
 TASK_LOCK_TIMEOUT = "2s"
+#: A task keeps at most this many bypass writes as evidence and stops adding guard events at this many
+#: events, so a hot writer cannot grow one task without bound (every write stays in ``bypass_writes``).
+MAX_TASK_WRITERS = 20
+MAX_TASK_EVENTS = 100
 
 #: (table role, trigger name): every trigger an installed guard needs.
 CAPTURE_TRIGGERS = (
@@ -332,19 +336,23 @@ begin
         on conflict (customer_id) where status in ('open', 'needs_review') do update set
             stored_balance = excluded.stored_balance, ledger_sum = excluded.ledger_sum, drift = excluded.drift,
             updated_at = now(),
-            evidence = coalesce(t.evidence, '{{}}'::jsonb)
-                || jsonb_build_object('bypass_write_ids', coalesce(t.evidence -> 'bypass_write_ids', '[]'::jsonb)
-                                                          || to_jsonb(ids),
-                                      'writers', coalesce(t.evidence -> 'writers', '[]'::jsonb)
-                                                 || jsonb_build_array(writer)),
-            resolution = jsonb_set(t.resolution, '{{events}}', coalesce(t.resolution -> 'events', '[]'::jsonb)
+            evidence = case
+                when jsonb_array_length(coalesce(t.evidence -> 'writers', '[]'::jsonb)) >= {MAX_TASK_WRITERS}
+                then t.evidence  -- a hot writer: the rest is in reconciler.bypass_writes
+                else coalesce(t.evidence, '{{}}'::jsonb) || jsonb_build_object(
+                    'bypass_write_ids', coalesce(t.evidence -> 'bypass_write_ids', '[]'::jsonb) || to_jsonb(ids),
+                    'writers', coalesce(t.evidence -> 'writers', '[]'::jsonb) || jsonb_build_array(writer)) end,
+            resolution = case
+                when jsonb_array_length(coalesce(t.resolution -> 'events', '[]'::jsonb)) >= {MAX_TASK_EVENTS}
+                then t.resolution
+                else jsonb_set(t.resolution, '{{events}}', coalesce(t.resolution -> 'events', '[]'::jsonb)
                 || jsonb_build_array(jsonb_build_object(
                     'at', now(), 'by', 'reconciler guard', 'action', 'update', 'from', t.status, 'to', t.status,
                     'note', 'a write around the core changed the drift', 'run_id', null,
                     'values', jsonb_build_object('old_drift', t.drift::text, 'drift', excluded.drift::text,
                                                  'stored_balance', excluded.stored_balance::text,
                                                  'ledger_sum', excluded.ledger_sum::text,
-                                                 'bypass_write_ids', to_jsonb(ids)))));
+                                                 'bypass_write_ids', to_jsonb(ids))))) end;
     exception when others then
         raise warning 'reconciler guard: customer % broke the ledger but its task was not opened: % (SQLSTATE %)',
             new.customer_id, sqlerrm, sqlstate;
