@@ -361,3 +361,29 @@ def test_a_disabled_trigger_is_reported_by_status(observed: Engine, db_url: URL)
         conn.execute("update customers set balance = 0 where id = 1")
     assert bypass_rows(observed) == []
     assert any("session_replication_role" in note for note in status.notes)
+
+
+def test_a_hot_writer_cannot_grow_one_task_without_bound(observed: Engine, db_url: URL) -> None:
+    """Many bypass writes on one customer: every one is recorded, the task keeps the latest drift and at most
+    MAX_TASK_WRITERS of them as evidence."""
+    with service(db_url, "legacy-billing") as conn:
+        for _ in range(guard.MAX_TASK_WRITERS + 5):
+            conn.execute("update customers set balance = balance + 1 where id = 1")
+    assert len(bypass_rows(observed)) == guard.MAX_TASK_WRITERS + 5
+    with observed.connect() as conn:
+        (task,) = list_tasks(conn)
+    assert task.drift == D(guard.MAX_TASK_WRITERS + 5)
+    assert task.evidence is not None and len(task.evidence["writers"]) == guard.MAX_TASK_WRITERS
+
+
+def test_downgrading_the_migration_removes_an_installed_guard(observed: Engine) -> None:
+    """db downgrade 0004 drops the guard's functions, its triggers and the table; upgrading again is clean."""
+    from reconciler import migrate
+
+    migrate.downgrade(observed, "0004")
+    with observed.connect() as conn:
+        left = conn.execute(text("select count(*) from pg_trigger where tgname like 'reconciler_guard%'")).scalar()
+        table = conn.execute(text("select to_regclass('reconciler.bypass_writes')")).scalar()
+    assert (left, table) == (0, None)
+    migrate.upgrade(observed)
+    assert install(observed, "observe").healthy
