@@ -10,19 +10,22 @@ How each operation keeps round trips low (the throughput target is >= 0.7x a raw
 baseline; round trips and client CPU per statement decide it, as measured in bench/README.md):
 
 - ``update_balance`` first tries ONE statement in autocommit (its own transaction, one round trip): a
-  CTE whose ``UPDATE ... RETURNING`` takes the customer's row lock (the lock ``SELECT ... FOR UPDATE``
+  CTE whose ``UPDATE ... RETURNING`` takes the customer's row lock (the lock ``SELECT ... FOR NO KEY UPDATE``
   takes; after a lock wait PostgreSQL re-checks the WHERE against the newest committed row, so no
   update is lost) and whose ``INSERT`` appends the entry with the returned balance as ``balance_after``.
   Its WHERE changes the balance only when the funds guard holds, the idempotency key is unused and the
   balance equals what the chain expects. Otherwise it writes nothing, and the *locked path* decides with
-  exact values in one transaction: ``SELECT ... FOR UPDATE``, then one CTE that updates the balance,
+  exact values in one transaction: ``SELECT ... FOR NO KEY UPDATE``, then one CTE that updates the balance,
   appends the entry and reads the chain with a snapshot taken after the lock was granted (plus the
   realtime task when the chain is broken). Bad input, refused debits, contention on one customer and
   chain mismatches take the locked path; ordinary payments never do.
-- ``transfer`` locks both customers with one ``SELECT ... ORDER BY id FOR UPDATE`` (always in id
+- ``transfer`` locks both customers with one ``SELECT ... ORDER BY id FOR NO KEY UPDATE`` (always in id
   order, so two opposite transfers cannot deadlock), then one CTE updates both and appends both entries.
-- ``reconcile_balance`` locks the customer (``SELECT ... FOR UPDATE``), re-reads the ledger sum under
-  the lock, then settles the balance and logs the reconciliation in one CTE.
+- ``reconcile_balance`` locks the customer (``SELECT ... FOR NO KEY UPDATE``; with ``nowait=True`` a
+  customer locked by another session raises :class:`CustomerBusyError` at once), re-reads the ledger sum
+  under the lock, then settles the balance and logs the reconciliation in one CTE.
+- Every row lock is ``FOR NO KEY UPDATE``, the lock a plain UPDATE takes: the core never changes a key, so
+  it never blocks another session's KEY SHARE (a foreign key check on a row referencing the customer).
 - Each call checks a connection out of the engine's pool (plus its pre-ping, when configured); a worker
   loop can hold one connection for many calls with ``with manager.pinned() as core: ...``.
 
@@ -79,6 +82,7 @@ from sqlalchemy.exc import DBAPIError
 
 from reconciler.db import describe_url
 from reconciler.errors import (
+    CustomerBusyError,
     CustomerNotFoundError,
     DatabaseUnavailableError,
     IdempotencyConflictError,
@@ -89,6 +93,7 @@ from reconciler.errors import (
 )
 from reconciler.guard import CORE_WRITE_MARK
 from reconciler.money import MAX_AMOUNT, ZERO, is_drift, to_positive_money, to_tolerance
+from reconciler.row_locks import describe_lockers, row_lockers
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +329,10 @@ def _is_unique_violation(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.errors.UniqueViolation)
 
 
+def _is_lock_not_available(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.errors.LockNotAvailable)
+
+
 def _is_numeric_overflow(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.errors.NumericValueOutOfRange)
 
@@ -398,7 +407,7 @@ SELECT c.balance, k.id AS key_entry_id
 FROM customers AS c
 LEFT JOIN customer_ledger_entries AS k ON k.idempotency_key = CAST(:idempotency_key AS text)
 WHERE c.id = CAST(:customer_id AS bigint)
-FOR UPDATE OF c
+FOR NO KEY UPDATE OF c
 """)
 
 # The locked path, statement 2: started after the lock was granted, so its snapshot sees every change
@@ -441,7 +450,7 @@ SELECT c.id, c.balance,
 FROM customers AS c
 WHERE c.id IN (CAST(:from_id AS bigint), CAST(:to_id AS bigint))
 ORDER BY c.id
-FOR UPDATE OF c
+FOR NO KEY UPDATE OF c
 """)
 
 _APPLY_TRANSFER = text(f"""
@@ -496,14 +505,16 @@ ON CONFLICT (customer_id) WHERE status IN ('open', 'needs_review') DO NOTHING
 RETURNING id
 """)
 
-_LOCK_FOR_RECONCILIATION = text("""
+_LOCK_FOR_RECONCILIATION_SQL = """
 SELECT c.balance, r.id AS key_id, r.customer_id AS key_customer_id, r.policy AS key_policy,
        r.stored_before, r.ledger_sum, r.drift_before, r.balance_after, r.entry_id, r.changed
 FROM customers AS c
 LEFT JOIN reconciler.balance_reconciliations AS r ON r.idempotency_key = CAST(:idempotency_key AS text)
 WHERE c.id = CAST(:customer_id AS bigint)
-FOR UPDATE OF c
-""")
+FOR NO KEY UPDATE OF c"""
+_LOCK_FOR_RECONCILIATION = text(_LOCK_FOR_RECONCILIATION_SQL)
+#: A run's corrections never wait: a customer locked by another session is skipped as busy at once.
+_LOCK_FOR_RECONCILIATION_NOWAIT = text(_LOCK_FOR_RECONCILIATION_SQL + " NOWAIT")
 
 _LEDGER_TOTALS = text("""
 SELECT coalesce(sum(amount), 0) AS ledger_sum, max(id) AS last_entry_id
@@ -833,8 +844,11 @@ class BalanceManager:
 
     def reconcile_balance(self, customer_id: int, policy: str = "ledger", *, tolerance: Decimal = Decimal("0.00"),
                           idempotency_key: str | None = None, reference: str | None = None,
-                          audit: Mapping[str, object] | None = None) -> Reconciliation:
+                          audit: Mapping[str, object] | None = None, nowait: bool = False) -> Reconciliation:
         """Settle the balance against the ledger under the row lock, re-reading everything in one transaction.
+
+        With ``nowait`` a customer whose row another session holds locked is not waited for: the call raises
+        :class:`CustomerBusyError` at once, naming the sessions holding the lock, and writes nothing.
 
         Policy ``ledger`` sets the balance to the ledger sum (no entry); ``balance`` posts a
         ``reconciliation_adjustment`` entry of amount = drift so the ledger sum becomes the balance. A drift
@@ -851,8 +865,10 @@ class BalanceManager:
         def attempt() -> Reconciliation:
             try:
                 with self._transaction() as conn:
-                    return self._settle(conn, customer_id, policy, tolerance, key, reference, audit_json)
+                    return self._settle(conn, customer_id, policy, tolerance, key, reference, audit_json, nowait)
             except DBAPIError as exc:
+                if nowait and _is_lock_not_available(exc):
+                    raise self._busy(customer_id) from exc
                 if key is not None and _is_unique_violation(exc):
                     with self._reading() as conn:
                         row = conn.execute(_LOAD_RECONCILIATION, {"idempotency_key": key}).one_or_none()
@@ -928,9 +944,9 @@ class BalanceManager:
         return Transfer(from_id, to_id, money, changes[from_id], changes[to_id], key, False)
 
     def _settle(self, conn: Connection, customer_id: int, policy: str, tolerance: Decimal, key: str | None,
-                reference: str | None, audit_json: str) -> Reconciliation:
-        locked = conn.execute(_LOCK_FOR_RECONCILIATION, {"customer_id": customer_id,
-                                                          "idempotency_key": key}).one_or_none()
+                reference: str | None, audit_json: str, nowait: bool = False) -> Reconciliation:
+        lock = _LOCK_FOR_RECONCILIATION_NOWAIT if nowait else _LOCK_FOR_RECONCILIATION
+        locked = conn.execute(lock, {"customer_id": customer_id, "idempotency_key": key}).one_or_none()
         if locked is None:
             raise _not_found(customer_id)
         if locked.key_id is not None:
@@ -1015,6 +1031,18 @@ class BalanceManager:
         else:
             with self._pinned.begin():
                 yield self._pinned
+
+    def _busy(self, customer_id: int) -> CustomerBusyError:
+        """The error for a customer locked by another session, naming the sessions holding the lock."""
+        try:
+            with self._reading() as conn:
+                lockers = row_lockers(conn, customer_id)
+        except DBAPIError:  # diagnostics only: never turn "busy" into a failure
+            log.warning("could not look up who holds customer %s's row lock", customer_id, exc_info=True)
+            lockers = []
+        return CustomerBusyError(
+            f"customer {customer_id} is locked by another session ({describe_lockers(lockers)}); nothing was "
+            f"written: the correction is skipped now and retried by the next run", customer_id, tuple(lockers))
 
     def _count(self, name: str) -> None:
         with self._stats_lock:

@@ -116,16 +116,15 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _ident(value: str) -> str:
-    return '"' + value.replace('"', '""') + '"'
-
-
 @dataclass(frozen=True)
 class LedgerTables:
-    """The schema-qualified, quoted names of the adopted ledger's two tables."""
+    """The schema-qualified, quoted names of the adopted ledger's two tables, and the search_path the guard's
+    definer functions pin (pg_catalog first, then the ledger's schemas: triggers they fire, such as the task's
+    customer check, name the ledger's tables unqualified)."""
 
     customers: str
     entries: str
+    search_path: str = "pg_catalog, public, pg_temp"
 
 
 def functions_sql(tables: LedgerTables) -> str:
@@ -161,7 +160,7 @@ end $refuse$;
 create or replace function reconciler.guard_record(
     writer_role text, table_name text, operation text, customer bigint, old_balance numeric,
     new_balance numeric, delta numeric, entry bigint, amount numeric) returns void
-language plpgsql security definer set search_path = pg_catalog, pg_temp as $record$
+language plpgsql security definer set search_path = {tables.search_path} as $record$
 declare
     query text := coalesce(current_query(), '');
 begin
@@ -254,7 +253,7 @@ begin
 end $capture$;
 
 create or replace function reconciler.guard_check_ledger() returns trigger
-language plpgsql security definer set search_path = pg_catalog, pg_temp
+language plpgsql security definer set search_path = {tables.search_path}
 set lock_timeout = '{TASK_LOCK_TIMEOUT}' as $check$
 declare
     stored numeric;
@@ -413,16 +412,17 @@ def uninstall_sql(tables: LedgerTables | None) -> str:
 def ledger_tables(conn: Connection) -> LedgerTables:
     """The ledger's tables as this connection's search_path resolves them (the names the core uses)."""
     row = conn.execute(text("""
-        select (select format('%I.%I', n.nspname, c.relname)
-                from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                where c.oid = to_regclass('customers')) as customers,
-               (select format('%I.%I', n.nspname, c.relname)
-                from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                where c.oid = to_regclass('customer_ledger_entries')) as entries""")).one()
+        with ledger as (
+            select t.role, c.relname, n.nspname from (values ('customers', to_regclass('customers')),
+                ('entries', to_regclass('customer_ledger_entries'))) as t (role, oid)
+            join pg_class c on c.oid = t.oid join pg_namespace n on n.oid = c.relnamespace)
+        select (select format('%I.%I', nspname, relname) from ledger where role = 'customers') as customers,
+               (select format('%I.%I', nspname, relname) from ledger where role = 'entries') as entries,
+               (select string_agg(distinct format('%I', nspname), ', ') from ledger) as schemas""")).one()
     if row.customers is None or row.entries is None:
         raise InvalidOperationError("customers and customer_ledger_entries do not exist here; run "
                                     "`reconciler db upgrade` first")
-    return LedgerTables(row.customers, row.entries)
+    return LedgerTables(row.customers, row.entries, f"pg_catalog, {row.schemas}, pg_temp")
 
 
 def _server_version(conn: Connection) -> int:

@@ -53,6 +53,7 @@ from reconciler.errors import (
 from reconciler.explain import Explanation, explain_drifts
 from reconciler.money import ZERO, format_money, to_money
 from reconciler.report_model import DriftLine
+from reconciler.row_locks import format_lockers
 from reconciler.schema import findings, run_chunks
 
 DEFAULT_CHUNK_SIZE = 10_000
@@ -260,8 +261,15 @@ class RunSummary:
             "run_id": self.run_id, "status": self.status, "customers_checked": self.customers_checked,
             "drift_count": self.drift_count, "corrected": self.corrected, "needs_review": self.needs_review,
             "open": self.open, "total_abs_drift": str(self.total_abs_drift), "halted_reason": self.halted_reason,
-            "report_path": self.report_path, "error": self.error, "dry_run": self.dry_run,
+            "report_path": self.report_path, "error": self.error, "dry_run": self.dry_run, "busy": self.busy,
         }
+
+    @property
+    def busy(self) -> list[dict[str, Any]]:
+        """Customers whose correction was skipped because another session held their row lock (retried by the
+        next run): ``customer_id``, ``task_id``, ``lockers`` (pid, application_name, state), ``runs_in_a_row``."""
+        listed = self.details.get("busy")
+        return [dict(item) for item in listed] if isinstance(listed, list) else []
 
     @property
     def exit_code(self) -> int:
@@ -585,8 +593,8 @@ def _decide(candidate: tasks.Candidate, drift: Decimal, options: RunOptions, cou
 
 
 def _process_batch(engine: Engine, run_id: int, options: RunOptions, batch: Sequence[tasks.Candidate],
-                   correct: Callable[[TaskRef, str], CorrectionResult]) -> Counter[str]:
-    """Decide and act on one batch of unresolved tasks.
+                   correct: Callable[[TaskRef, str], CorrectionResult], busy: list[CorrectionResult]) -> Counter[str]:
+    """Decide and act on one batch of unresolved tasks; the corrections skipped as busy are added to ``busy``.
 
     Bookkeeping is batched (one transaction to send tasks to review and mark corrections in flight, one to
     record the outcomes); each correction itself is one core transaction under the customer's row lock. A
@@ -624,6 +632,8 @@ def _process_batch(engine: Engine, run_id: int, options: RunOptions, batch: Sequ
         for (_, _, note), result in zip(planned, results, strict=True):
             tasks.record_correction(conn, result, by=by, note=note)
             counts[_OUTCOME_COUNTER[result.outcome]] += 1
+            if result.outcome is Outcome.BUSY:
+                busy.append(result)
     return counts
 
 
@@ -634,7 +644,20 @@ def _parallel(correct: Callable[[TaskRef, str], CorrectionResult], planned: Sequ
                              planned))
 
 
-_OUTCOME_COUNTER = {Outcome.CORRECTED: "corrected", Outcome.VANISHED: "vanished", Outcome.DEFERRED: "deferred"}
+_OUTCOME_COUNTER = {Outcome.CORRECTED: "corrected", Outcome.VANISHED: "vanished", Outcome.DEFERRED: "deferred",
+                    Outcome.BUSY: "busy"}
+#: At most this many busy customers are listed on a run (all are counted).
+MAX_BUSY_LISTED = 1_000
+
+
+def _busy_entries(engine: Engine, busy: Sequence[CorrectionResult]) -> list[dict[str, object]]:
+    """The busy customers as a run lists them: customer, task, who holds the lock, runs in a row busy."""
+    listed = sorted(busy, key=lambda result: result.task.customer_id)[:MAX_BUSY_LISTED]
+    with engine.connect() as conn:
+        streaks = tasks.busy_streaks(conn, [result.task.task_id for result in listed])
+    return [{"customer_id": result.task.customer_id, "task_id": result.task.task_id,
+             "lockers": [locker.to_json() for locker in result.lockers],
+             "runs_in_a_row": streaks.get(result.task.task_id, 1)} for result in listed]
 
 
 def apply_run_corrections(engine: Engine, run_id: int) -> dict[str, object]:
@@ -657,6 +680,7 @@ def apply_run_corrections(engine: Engine, run_id: int) -> dict[str, object]:
         runs.store_totals(conn, run_id, totals)
     halted_reason = judge_drift_ratio(totals.drift_count, totals.customers_checked, options.max_drift_ratio)
     counts: Counter[str] = Counter()
+    busy: list[CorrectionResult] = []
     if halted_reason is None:
         local = threading.local()
         with correction_engine(engine, pool_size=options.workers) as safe_engine:
@@ -675,14 +699,16 @@ def apply_run_corrections(engine: Engine, run_id: int) -> dict[str, object]:
                 if not batch:
                     break
                 after = batch[-1].task_id
-                counts.update(_process_batch(engine, run_id, options, batch, correct))
+                counts.update(_process_batch(engine, run_id, options, batch, correct, busy))
                 with engine.begin() as conn:
                     runs.heartbeat(conn, run_id, min_interval=HEARTBEAT_INTERVAL)
     result: dict[str, object] = {"halted_reason": halted_reason, **{key: counts.get(key, 0) for key in (
-        "corrected", "vanished", "deferred", "needs_review", "would_correct", "left_open", "pending_left",
+        "corrected", "vanished", "deferred", "busy", "needs_review", "would_correct", "left_open", "pending_left",
         "already_resolved")}}
+    busy_listed = _busy_entries(engine, busy)
     with engine.begin() as conn:
-        patch: dict[str, object] = {"corrections": {k: v for k, v in result.items() if k != "halted_reason"}}
+        patch: dict[str, object] = {"corrections": {k: v for k, v in result.items() if k != "halted_reason"},
+                                    "busy": busy_listed}
         if halted_reason is not None:
             patch["halted_reason"] = halted_reason
         runs.merge_outcome(conn, run_id, patch)
@@ -845,6 +871,14 @@ def top_drifts(engine: Engine, run_id: int, limit: int = 10) -> list[DriftLine]:
                             {"run": run_id, "limit": limit}).all()
     return [DriftLine(int(r.customer_id), Decimal(r.stored_balance), Decimal(r.ledger_sum), Decimal(r.drift),
                            r.cause, r.summary, r.task_id, r.task_status) for r in rows]
+
+
+def describe_busy(item: Mapping[str, Any]) -> str:
+    """One line for a busy customer: who holds its lock and for how many runs in a row."""
+    streak = int(item.get("runs_in_a_row") or 1)
+    return (f"customer {item.get('customer_id')} (task {item.get('task_id')}) was locked by "
+            f"{format_lockers(item.get('lockers') or [])}; correction skipped, retried next run"
+            + (f" (busy {streak} runs in a row)" if streak > 1 else ""))
 
 
 def describe_summary(summary: RunSummary) -> str:

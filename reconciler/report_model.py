@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from reconciler.corrections import BUSY_RUNS_CALLOUT
 from reconciler.money import ZERO, format_money
+from reconciler.row_locks import format_lockers
 
 #: Upper bounds (in days) of the aging buckets of unresolved tasks; the last bucket is open-ended.
 AGING_BOUNDS_DAYS = (1, 7, 30)
@@ -290,6 +292,17 @@ class WritersView:
 
 
 @dataclass(frozen=True)
+class BusyLine:
+    """A customer whose correction was skipped because another session held its row lock."""
+
+    customer_id: int
+    task_id: int | None
+    lockers: str
+    runs_in_a_row: int
+    called_out: bool  # busy for BUSY_RUNS_CALLOUT runs in a row or more
+
+
+@dataclass(frozen=True)
 class ReportModel:
     summary: Summary
     tie_out_found: tuple[TieOutLine, ...]
@@ -303,6 +316,7 @@ class ReportModel:
     warnings: tuple[str, ...]
     now: dt.datetime
     writers: WritersView | None = None
+    busy: tuple[BusyLine, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """summary.json: decimals as strings, times ISO 8601."""
@@ -345,6 +359,8 @@ class ReportModel:
                              "abs_amount": str(w.abs_amount), "broke_ledger": w.broke_ledger,
                              "first_seen": _iso(w.first_seen), "last_seen": _iso(w.last_seen)}
                             for w in self.writers.lines]},
+            "busy": [{"customer_id": b.customer_id, "task_id": b.task_id, "lockers": b.lockers,
+                      "runs_in_a_row": b.runs_in_a_row, "called_out": b.called_out} for b in self.busy],
         }
 
 
@@ -557,6 +573,19 @@ def build_writers(facts: WritersFacts | None) -> WritersView | None:
                        sum(w.broke_ledger for w in lines))
 
 
+def build_busy(run: RunFacts) -> tuple[BusyLine, ...]:
+    """The run's busy customers (from its outcome), longest-busy first (pure)."""
+    listed = run.outcome.get("busy")
+    lines = []
+    for item in listed if isinstance(listed, list) else []:
+        held = format_lockers(item.get("lockers") or [])
+        streak = int(item.get("runs_in_a_row") or 1)
+        task_id = item.get("task_id")
+        lines.append(BusyLine(int(item["customer_id"]), int(task_id) if task_id is not None else None, held, streak,
+                              streak >= BUSY_RUNS_CALLOUT))
+    return tuple(sorted(lines, key=lambda line: (-line.runs_in_a_row, line.customer_id)))
+
+
 def build_report_model(inp: ReportInput) -> ReportModel:
     """The whole report of a run from its fetched rows (pure)."""
     summary = build_summary(inp.run, inp.outcomes)
@@ -573,4 +602,5 @@ def build_report_model(inp: ReportInput) -> ReportModel:
         warnings=build_warnings(inp, summary),
         now=inp.now,
         writers=build_writers(inp.writers),
+        busy=build_busy(inp.run),
     )

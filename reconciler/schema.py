@@ -102,7 +102,9 @@ tasks = Table(
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
     Column("run_id", BigInteger, ForeignKey(f"{SCHEMA}.runs.id")),
-    Column("customer_id", BigInteger, ForeignKey("customers.id"), nullable=False),
+    # No ForeignKey: its KEY SHARE check would wait on a customer locked by a service (migration 0005
+    # keeps the reference with lock-free triggers instead).
+    Column("customer_id", BigInteger, nullable=False),
     Column("stored_balance", MONEY, nullable=False),
     Column("ledger_sum", MONEY, nullable=False),
     Column("drift", MONEY, nullable=False),

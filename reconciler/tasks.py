@@ -354,8 +354,9 @@ def record_correction(conn: Connection, result: CorrectionResult, *, by: str, no
     values = result.values()
     if approved_by is not None:
         values["approved_by"] = approved_by
-    if result.outcome is Outcome.DEFERRED:
-        note_event(conn, task.task_id, action="defer", by=by, note=result.reason, run_id=task.run_id, values=values)
+    if result.outcome in (Outcome.DEFERRED, Outcome.BUSY):  # nothing written: the task stays open for next time
+        action = "busy" if result.outcome is Outcome.BUSY else "defer"
+        note_event(conn, task.task_id, action=action, by=by, note=result.reason, run_id=task.run_id, values=values)
         return False
     summary: dict[str, object] = {**values, "by": by, "note": note, "run_id": task.run_id,
                                   "reason": result.reason}
@@ -439,6 +440,34 @@ def resolve_task(engine: Engine, task_id: int, action: str, by: str, note: str,
             raise TaskStateError(f"task {task_id} was resolved by someone else meanwhile (now {latest.status})")
     with engine.connect() as conn:
         return Resolved(get_task(conn, task_id), correction)
+
+
+def busy_streak(events: Sequence[Mapping[str, Any]]) -> int:
+    """How many runs in a row, up to the latest event, found the task's customer locked (pure).
+
+    Counts the trailing ``busy`` events of distinct runs; events of other kinds by the same runs (e.g.
+    ``seen``) do not break the streak, any other run's event does."""
+    runs: list[object] = []
+    for event in reversed(events):
+        if event.get("action") == "busy":
+            if event.get("run_id") not in runs:
+                runs.append(event.get("run_id"))
+        elif event.get("run_id") not in runs or event.get("run_id") is None:
+            break
+    return len(runs)
+
+
+_BUSY_EVENTS = text("""
+select t.id, t.customer_id, t.resolution -> 'events' as events from reconciler.tasks t
+where t.id = any(cast(:ids as bigint[]))""").bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
+
+
+def busy_streaks(conn: Connection, task_ids: Sequence[int]) -> dict[int, int]:
+    """:func:`busy_streak` of each task, by task id."""
+    if not task_ids:
+        return {}
+    rows = conn.execute(_BUSY_EVENTS, {"ids": list(task_ids)}).all()
+    return {int(row.id): busy_streak(row.events or []) for row in rows}
 
 
 def describe(task: TaskView) -> str:

@@ -62,3 +62,12 @@ def make_drifting_customer(engine: Engine, customer_id: int, total: str = "100.0
     post_entry(engine, customer_id, total, balance_after=total)
     set_cached_balance(engine, customer_id, Decimal(total) + Decimal(drift))
     return customer_id
+
+
+def make_honest_customers(engine: Engine, customer_ids: range | list[int], amount: str = "50.00") -> None:
+    """Many customers at once, each with one entry of ``amount`` and the matching cached balance."""
+    money = Decimal(amount)
+    with engine.begin() as conn:
+        conn.execute(insert(customers), [{"id": i, "balance": money} for i in customer_ids])
+        conn.execute(insert(ledger_entries), [{"customer_id": i, "amount": money, "kind": "payment",
+                                               "balance_after": money} for i in customer_ids])

@@ -377,13 +377,29 @@ def test_a_hot_writer_cannot_grow_one_task_without_bound(observed: Engine, db_ur
 
 
 def test_downgrading_the_migration_removes_an_installed_guard(observed: Engine) -> None:
-    """db downgrade 0004 drops the guard's functions, its triggers and the table; upgrading again is clean."""
+    """db downgrade 0005 drops the guard's functions, its triggers and the table; upgrading again is clean."""
     from reconciler import migrate
 
-    migrate.downgrade(observed, "0004")
+    migrate.downgrade(observed, "0005")
     with observed.connect() as conn:
         left = conn.execute(text("select count(*) from pg_trigger where tgname like 'reconciler_guard%'")).scalar()
         table = conn.execute(text("select to_regclass('reconciler.bypass_writes')")).scalar()
     assert (left, table) == (0, None)
     migrate.upgrade(observed)
     assert install(observed, "observe").healthy
+
+
+def test_the_guard_never_waits_on_a_customer_locked_by_another_session(observed: Engine, db_url: URL) -> None:
+    """Another session holds the core's lock (FOR NO KEY UPDATE) on a customer; a service's entry insert for that
+    customer is captured, checked at commit and opens its task without waiting (lock_timeout would fire)."""
+    with service(db_url, "holder", autocommit=False) as holder:
+        holder.execute("select balance from customers where id = 1 for no key update")
+        with service(db_url, "support-tool", autocommit=False) as conn:
+            conn.execute("set lock_timeout = '1s'")
+            conn.execute("insert into customer_ledger_entries (customer_id, amount, kind) values (1, 4.00, 'x')")
+            conn.commit()
+        holder.rollback()
+    (row,) = bypass_rows(observed)
+    assert (row.customer_id, row.breaks_ledger) == (1, True)
+    with observed.connect() as conn:
+        assert [(t.customer_id, t.source) for t in list_tasks(conn)] == [(1, "bypass")]

@@ -308,8 +308,8 @@ def test_payments_during_a_run_cause_no_false_task_and_no_wrong_correction(engin
         assert isinstance(resolution, dict)
         if task["status"] == "corrected":
             assert Decimal(str(resolution["drift"])) == Decimal(drift)  # corrected by exactly the drift
-        else:  # a lock timeout under contention defers it: still open, nothing written
-            assert task["status"] == "open" and resolution["events"][-1]["action"] == "defer"
+        else:  # a payment holding the row lock makes it busy (or a timeout defers it): open, nothing written
+            assert task["status"] == "open" and resolution["events"][-1]["action"] in ("busy", "defer")
     assert summary.corrected + sum(1 for t in by_customer.values() if t["status"] == "open") == len(planted)
     with engine.connect() as conn:
         mismatched = conn.execute(text("""

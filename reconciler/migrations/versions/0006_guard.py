@@ -7,14 +7,14 @@ triggers are not installed here: ``reconciler guard observe | enforce`` installs
 removes them (see ``reconciler/guard.py``).
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 """
 
 from alembic import op
 from sqlalchemy import text
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 
 
 def upgrade() -> None:
