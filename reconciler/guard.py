@@ -134,12 +134,13 @@ def functions_sql(tables: LedgerTables) -> str:
 create or replace function reconciler.guard_fingerprint(statement text) returns text
 language sql immutable parallel safe as $fp$
     select left(btrim(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
-        lower(statement),
+        regexp_replace(lower(statement),
         '--[^\\n]*|/\\*.*?\\*/', ' ', 'g'),                        -- comments
         'e?''([^'']|'''')*''', '?', 'g'),                          -- string literals
         '\\$[0-9]+|\\m[0-9]+(\\.[0-9]+)?([e][-+]?[0-9]+)?\\M', '?', 'g'),  -- numbers and $n parameters
         '([-+*/=<>(,]\\s*)-\\s*\\?', '\\1?', 'g'),                  -- negative literals
         '\\(\\s*\\?(\\s*,\\s*\\?)*\\s*\\)', '(?)', 'g'),           -- IN lists and VALUES rows
+        '\\(\\?\\)(\\s*,\\s*\\(\\?\\))+', '(?)', 'g'),             -- several VALUES rows
         '\\s+', ' ', 'g'), ' ;'), {FINGERPRINT_LIMIT})
 $fp$;
 

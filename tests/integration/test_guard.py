@@ -403,3 +403,20 @@ def test_the_guard_never_waits_on_a_customer_locked_by_another_session(observed:
     assert (row.customer_id, row.breaks_ledger) == (1, True)
     with observed.connect() as conn:
         assert [(t.customer_id, t.source) for t in list_tasks(conn)] == [(1, "bypass")]
+
+
+@pytest.mark.parametrize(("statements", "fingerprint"), [
+    (["INSERT INTO customer_ledger_entries (customer_id, amount, kind) VALUES (1, 2.50, 'a'), (2, -3, 'b')",
+      "insert into customer_ledger_entries (customer_id, amount, kind) values (7, 1e3, E'it''s')"],
+     "insert into customer_ledger_entries (customer_id, amount, kind) values (?)"),
+    (["update customers set balance = -5 where id = any($1) /* job 17 */;",
+      "update customers set balance = 12.00 where id = any($9)"],
+     "update customers set balance = ? where id = any(?)"),
+    (["update t2 set balance = 1 where id between 3 and 4"], "update t2 set balance = ? where id between ? and ?"),
+])
+def test_the_fingerprint_normalises_literals_only(engine: Engine, statements: list[str], fingerprint: str) -> None:
+    """Numbers, strings, parameters, comments, row lists and spacing are normalised; names (with digits) are not."""
+    install(engine, "observe")
+    with engine.connect() as conn:
+        found = {conn.execute(text("select reconciler.guard_fingerprint(:s)"), {"s": s}).scalar() for s in statements}
+    assert found == {fingerprint}
