@@ -91,7 +91,6 @@ from reconciler.errors import (
     InvalidOperationError,
     TransientDatabaseError,
 )
-from reconciler.guard import CORE_WRITE_MARK
 from reconciler.money import MAX_AMOUNT, ZERO, is_drift, to_positive_money, to_tolerance
 from reconciler.row_locks import describe_lockers, row_lockers
 
@@ -110,6 +109,12 @@ REALTIME_CAUSE = "chain_mismatch"
 MAX_KEY_LENGTH = 200
 _BIGINT_MAX = 2**63 - 1
 _CURSOR_INFO_KEY = "reconciler.balances.cursor"
+#: How the guard (``reconciler.guard``) recognises the core's writes: every UPDATE and INSERT below has
+#: CORE_WRITE_MARK in its WHERE, an initplan that sets the transaction-local setting before the statement
+#: writes its first row; the guard's triggers skip rows written while it says "core".
+WRITER_SETTING = "reconciler.writer"
+CORE_WRITER = "core"
+CORE_WRITE_MARK = f"(SELECT set_config('{WRITER_SETTING}', '{CORE_WRITER}', true)) = '{CORE_WRITER}'"
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ blind spots): the nightly full comparison is the safety net, and :func:`guard_st
 trigger is disabled.
 
 How the core is recognised without an extra round trip: each of the core's data-modifying statements
-evaluates :data:`CORE_WRITE_MARK` itself (``set_config('reconciler.writer', 'core', true)``, an
+evaluates ``reconciler.balances.CORE_WRITE_MARK`` itself (``set_config('reconciler.writer', 'core', true)``, an
 initplan in the WHERE of its UPDATE and INSERT, so it runs before the first row is written), and the
 guard's row triggers have ``WHEN (current_setting('reconciler.writer', true) IS DISTINCT FROM 'core')``:
 a core write queues no trigger event at all. The setting is transaction-local. It finds accidental
@@ -31,7 +31,8 @@ beside them):
 - ``guard_check_ledger`` (a deferred constraint trigger on ``bypass_writes``, django-hordak's model):
   at commit, once per (transaction, customer), compares the balance with the ledger sum and with the
   chain's last ``balance_after`` (or the reconciliation anchor), sets ``breaks_ledger`` on the
-  transaction's rows of that customer and opens or updates the customer's unresolved task.
+  transaction's rows of that customer and opens or updates the customer's unresolved task (the statement
+  is ``reconciler.tasks.BYPASS_TASK_UPSERT``: the task lifecycle stays in one module).
 
 Nothing in the guard takes or waits on a customer's row lock: it reads customers without locking, and
 ``bypass_writes`` has no foreign key to ``customers``. The task write is bounded by ``lock_timeout``.
@@ -46,13 +47,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from reconciler.balances import CORE_WRITER, WRITER_SETTING
 from reconciler.errors import InvalidOperationError, ReconcilerError
+from reconciler.tasks import BYPASS_TASK_UPSERT
 
 MODES = ("observe", "enforce")
-WRITER_SETTING = "reconciler.writer"
-CORE_WRITER = "core"
-#: SQL the core's UPDATE and INSERT statements put in their WHERE (see the module docstring).
-CORE_WRITE_MARK = f"(SELECT set_config('{WRITER_SETTING}', '{CORE_WRITER}', true)) = '{CORE_WRITER}'"
+#: The capture triggers' WHEN: rows the balance core wrote (its statements set the mark) queue nothing.
 NOT_CORE = f"current_setting('{WRITER_SETTING}', true) IS DISTINCT FROM '{CORE_WRITER}'"
 #: application_name is at most NAMEDATALEN - 1 bytes.
 MAX_APPLICATION_NAME = 63
@@ -60,10 +60,7 @@ STATEMENT_LIMIT = 2000
 FINGERPRINT_LIMIT = 1000
 INSTALL_LOCK_TIMEOUT = "5s"
 TASK_LOCK_TIMEOUT = "2s"
-#: A task keeps at most this many bypass writes as evidence and stops adding guard events at this many
-#: events, so a hot writer cannot grow one task without bound (every write stays in ``bypass_writes``).
-MAX_TASK_WRITERS = 20
-MAX_TASK_EVENTS = 100
+
 
 #: (table role, trigger name): every trigger an installed guard needs.
 CAPTURE_TRIGGERS = (
@@ -320,39 +317,7 @@ begin
                         coalesce(nullif(new.application_name, ''), '(no application_name)'), new.role,
                         to_char(new.at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS"Z"'), stored::text,
                         case when stored <> total then 'ledger sum' else 'last balance_after' end, ledger::text);
-        insert into reconciler.tasks as t
-            (customer_id, stored_balance, ledger_sum, drift, status, source, cause, evidence, resolution)
-        values (new.customer_id, stored, ledger, stored - ledger, 'open', 'bypass', probable,
-                jsonb_build_object('check', 'bypass', 'bypass_write_ids', to_jsonb(ids),
-                                   'writers', jsonb_build_array(writer), 'summary', story,
-                                   'ledger_sum_is', case when stored <> total then 'the ledger sum'
-                                                         else 'the chain''s last balance_after' end),
-                jsonb_build_object('events', jsonb_build_array(jsonb_build_object(
-                    'at', now(), 'by', 'reconciler guard', 'action', 'open', 'from', null, 'to', 'open',
-                    'note', 'a write around the core broke the ledger', 'run_id', null,
-                    'values', jsonb_build_object('stored_balance', stored::text, 'ledger_sum', ledger::text,
-                                                 'drift', (stored - ledger)::text, 'cause', probable,
-                                                 'bypass_write_ids', to_jsonb(ids))))))
-        on conflict (customer_id) where status in ('open', 'needs_review') do update set
-            stored_balance = excluded.stored_balance, ledger_sum = excluded.ledger_sum, drift = excluded.drift,
-            updated_at = now(),
-            evidence = case
-                when jsonb_array_length(coalesce(t.evidence -> 'writers', '[]'::jsonb)) >= {MAX_TASK_WRITERS}
-                then t.evidence  -- a hot writer: the rest is in reconciler.bypass_writes
-                else coalesce(t.evidence, '{{}}'::jsonb) || jsonb_build_object(
-                    'bypass_write_ids', coalesce(t.evidence -> 'bypass_write_ids', '[]'::jsonb) || to_jsonb(ids),
-                    'writers', coalesce(t.evidence -> 'writers', '[]'::jsonb) || jsonb_build_array(writer)) end,
-            resolution = case
-                when jsonb_array_length(coalesce(t.resolution -> 'events', '[]'::jsonb)) >= {MAX_TASK_EVENTS}
-                then t.resolution
-                else jsonb_set(t.resolution, '{{events}}', coalesce(t.resolution -> 'events', '[]'::jsonb)
-                || jsonb_build_array(jsonb_build_object(
-                    'at', now(), 'by', 'reconciler guard', 'action', 'update', 'from', t.status, 'to', t.status,
-                    'note', 'a write around the core changed the drift', 'run_id', null,
-                    'values', jsonb_build_object('old_drift', t.drift::text, 'drift', excluded.drift::text,
-                                                 'stored_balance', excluded.stored_balance::text,
-                                                 'ledger_sum', excluded.ledger_sum::text,
-                                                 'bypass_write_ids', to_jsonb(ids))))) end;
+        {BYPASS_TASK_UPSERT}
     exception when others then
         raise warning 'reconciler guard: customer % broke the ledger but its task was not opened: % (SQLSTATE %)',
             new.customer_id, sqlerrm, sqlstate;

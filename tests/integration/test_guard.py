@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 from reconciler import guard
 from reconciler.balances import BalanceManager
 from reconciler.guard import guard_status, install, uninstall
-from reconciler.tasks import list_tasks
+from reconciler.tasks import MAX_TASK_WRITERS, list_tasks
 from tests.factories import cached_balance, ledger_sum, make_customer
 
 D = Decimal
@@ -367,13 +367,13 @@ def test_a_hot_writer_cannot_grow_one_task_without_bound(observed: Engine, db_ur
     """Many bypass writes on one customer: every one is recorded, the task keeps the latest drift and at most
     MAX_TASK_WRITERS of them as evidence."""
     with service(db_url, "legacy-billing") as conn:
-        for _ in range(guard.MAX_TASK_WRITERS + 5):
+        for _ in range(MAX_TASK_WRITERS + 5):
             conn.execute("update customers set balance = balance + 1 where id = 1")
-    assert len(bypass_rows(observed)) == guard.MAX_TASK_WRITERS + 5
+    assert len(bypass_rows(observed)) == MAX_TASK_WRITERS + 5
     with observed.connect() as conn:
         (task,) = list_tasks(conn)
-    assert task.drift == D(guard.MAX_TASK_WRITERS + 5)
-    assert task.evidence is not None and len(task.evidence["writers"]) == guard.MAX_TASK_WRITERS
+    assert task.drift == D(MAX_TASK_WRITERS + 5)
+    assert task.evidence is not None and len(task.evidence["writers"]) == MAX_TASK_WRITERS
 
 
 def test_downgrading_the_migration_removes_an_installed_guard(observed: Engine) -> None:
