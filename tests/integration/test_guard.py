@@ -420,3 +420,23 @@ def test_the_fingerprint_normalises_literals_only(engine: Engine, statements: li
     with engine.connect() as conn:
         found = {conn.execute(text("select reconciler.guard_fingerprint(:s)"), {"s": s}).scalar() for s in statements}
     assert found == {fingerprint}
+
+
+def test_a_replica_role_session_is_a_blind_spot_the_full_comparison_still_covers(observed: Engine, db_url: URL) -> None:
+    """session_replication_role = replica skips the triggers (as the README says): no row, no task; the drift
+    is still there for the nightly comparison to find."""
+    with service(db_url, "restore-script") as conn:
+        conn.execute("set session_replication_role = replica")
+        conn.execute("update customers set balance = balance + 9.00 where id = 2")
+    assert bypass_rows(observed) == []
+    assert BalanceManager(observed).validate_balance(2).drift == D("9.00")
+
+
+def test_enforce_refuses_a_truncate_around_the_core(ledger: Engine, db_url: URL) -> None:
+    """TRUNCATE of the entries is refused in enforce, naming reconciler.balances; nothing is emptied."""
+    soften_ledger(ledger)
+    install(ledger, "enforce")
+    with service(db_url, "ops-script") as conn, pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+        conn.execute("truncate customer_ledger_entries")
+    assert "TRUNCATE" in str(refused.value) and "reconciler.balances" in str(refused.value)
+    assert ledger_sum(ledger, 1) == D("100.00")
