@@ -25,7 +25,7 @@ from reconciler.correction_executor import resolve_task
 from reconciler.db import make_engine, reading
 from reconciler.pipeline import RunOptions
 from reconciler.tasks import list_tasks
-from tests.factories import cached_balance, make_drifting_customer, set_cached_balance
+from tests.factories import cached_balance, make_customer, make_drifting_customer, set_cached_balance
 
 pytestmark = pytest.mark.usefixtures("quick_quality_and_report")
 runner = CliRunner()
@@ -211,6 +211,28 @@ def test_the_cores_realtime_task_is_audited_with_its_opening(engine: Engine) -> 
         rows = audit_rows(conn)
     assert [(r["kind"], r["data"]["event"]["action"]) for r in rows] == [("task", "open")]
     assert rows[0]["data"]["customer_id"] == 1
+
+
+def test_guard_mode_changes_and_its_bypass_tasks_are_on_the_chain(engine: Engine) -> None:
+    """Each guard mode change is one row (who: the database login); a write around the core that breaks the
+    ledger opens its bypass task at commit with its audit row, and updating that task adds one more."""
+    from reconciler.guard import install, uninstall
+
+    make_customer(engine, 1)
+    BalanceManager(engine).update_balance(1, Decimal("100.00"), kind="opening_balance")
+    install(engine, "observe")
+    set_cached_balance(engine, 1, "125.00")  # around the core: breaks the ledger
+    set_cached_balance(engine, 1, "130.00")
+    install(engine, "enforce", ["legacy-billing"])
+    uninstall(engine)
+    with reading(engine) as conn:
+        rows = audit_rows(conn)
+        assert verify_chain(conn).intact
+    summary = [(r["kind"], r["actor"], r["data"].get("mode") or r["data"]["event"]["action"]) for r in rows]
+    assert summary == [("guard", "postgres", "observe"), ("task", "reconciler guard", "open"),
+                       ("task", "reconciler guard", "update"), ("guard", "postgres", "enforce"),
+                       ("guard", "postgres", "off")]
+    assert rows[3]["data"]["allow"] == ["legacy-billing"]
 
 
 _WORKER = textwrap.dedent("""

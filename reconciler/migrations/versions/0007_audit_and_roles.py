@@ -33,7 +33,7 @@ from alembic import op
 from sqlalchemy import text
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 
 GENESIS_HASH = "0" * 64
 
