@@ -45,6 +45,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, text
 from sqlalchemy.engine import URL
 
 from reconciler.config import reports_dir
+from reconciler.data_docs import make_offline
 from reconciler.errors import InvalidOperationError, RunNotFoundError
 from reconciler.money import to_tolerance
 from reconciler.schema import quality_results, runs
@@ -372,6 +373,7 @@ def run_suites(connection_string: str, specs: Sequence[SuiteSpec], values: RunVa
             context.build_data_docs(site_names=["run"])
         finally:
             source.get_engine().dispose()
+        make_offline(docs_dir)  # GX's pages load their CSS and scripts from CDNs: serve installed copies
     outcomes: list[ExpectationOutcome] = []
     for suite_result in result.run_results.values():
         for item in suite_result.results:
