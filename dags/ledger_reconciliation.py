@@ -130,7 +130,7 @@ def _run_options(params: dict[str, Any]) -> Any:
         "owner": "finance-engineering",
         "retries": TASK_RETRIES,
         "retry_delay": RETRY_DELAY,
-        "retry_exponential_backoff": True,
+        "retry_exponential_backoff": 2.0,  # a multiplier: 30 s, 60 s, 120 s ... up to max_retry_delay
         "max_retry_delay": dt.timedelta(minutes=10),
         "on_failure_callback": [mark_run_failed, ReconcilerNotifier()],
     },

@@ -100,7 +100,7 @@ def test_compare_is_mapped_in_the_ledger_pool_with_backoff(dagbag: Any) -> None:
     compare = dag.get_task("compare_chunk")
     assert type(compare).__name__.endswith("MappedOperator")
     assert compare.pool == "ledger_db" and compare.retries >= 3
-    assert compare.partial_kwargs.get("retry_exponential_backoff", compare.retry_exponential_backoff)
+    assert compare.partial_kwargs.get("retry_exponential_backoff", compare.retry_exponential_backoff) == 2.0
     assert dag.get_task("check_quality").trigger_rule == "none_failed"
 
 
@@ -197,3 +197,12 @@ def test_run_types_map_to_triggers(dagbag: Any) -> None:
 
     assert [trigger_of(t) for t in ("scheduled", "backfill", "manual", "asset_triggered", "operator_triggered")] == [
         "scheduled", "scheduled", "manual", "manual", "manual"]
+
+
+def test_airflowignore_keeps_the_helper_modules_out_of_parsing(dagbag: Any) -> None:
+    """dags/.airflowignore: the DAG processor lists the DAG files only, never the helper modules."""
+    from airflow.utils.file import list_py_file_paths
+
+    listed = sorted(Path(path).relative_to(DAGS_FOLDER).as_posix() for path in list_py_file_paths(DAGS_FOLDER))
+    assert not [path for path in listed if Path(path).name.startswith("reconciler_")], listed
+    assert {"ledger_reconciliation.py", "ledger_reconciliation_watchdog.py"} <= set(listed)
