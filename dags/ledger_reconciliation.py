@@ -16,9 +16,12 @@ changes nothing the second time; findings are staged in `reconciler.findings` be
 PostgreSQL under `.reconciler/`. When the connection `ledger_db_replica` exists, chunk comparisons read
 from it (corrections always re-verify on the primary).
 
-**Alerts**: a halted or failed run, or drift found above `alert_drift_above`, goes to the task log and to
-the Airflow connection `reconciler_alerts` (webhook or SMTP) when it exists. A failing task marks the run
-`failed`. The `ledger_reconciliation_watchdog` DAG alerts when no run has succeeded for 26 hours.
+**Alerts**: `send_alerts` runs last whatever happened before it (trigger rule `all_done`) and sends ONE alert
+per DAG run, however many mapped tasks failed: a halted or failed run, or drift found above
+`alert_drift_above`. It goes to the task log, by mail (SmtpNotifier, connection `reconciler_smtp`) and to a
+chat webhook (HttpNotifier, connection `reconciler_alerts`) when they exist, with the run summary, links to
+this DAG run and the failed task's log, and the report's location. A failing task marks the run `failed`.
+The `ledger_reconciliation_watchdog` DAG alerts when no run has succeeded for 26 hours.
 
 **Results**: `reconciler tasks list --run RUN_ID`, the report folder printed by `build_report`.
 """
@@ -26,6 +29,7 @@ the Airflow connection `reconciler_alerts` (webhook or SMTP) when it exists. A f
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from typing import Any
 
@@ -40,11 +44,13 @@ from reconciler_airflow import (
     ledger_step,
     mark_run_failed,
     replica_engine,
+    run_id_of,
     schedule_from_env,
     trigger_of,
 )
-from reconciler_alerts import ReconcilerNotifier
+from reconciler_alerts import deliver_alert, failed_task_instances, links_for
 
+log = logging.getLogger(__name__)
 DEFAULT_SCHEDULE = "0 2 * * *"
 TASK_RETRIES = env_int("RECONCILER_TASK_RETRIES", 2)
 RETRY_DELAY = dt.timedelta(seconds=env_int("RECONCILER_RETRY_DELAY_SECONDS", 30))
@@ -132,7 +138,8 @@ def _run_options(params: dict[str, Any]) -> Any:
         "retry_delay": RETRY_DELAY,
         "retry_exponential_backoff": 2.0,  # a multiplier: 30 s, 60 s, 120 s ... up to max_retry_delay
         "max_retry_delay": dt.timedelta(minutes=10),
-        "on_failure_callback": [mark_run_failed, ReconcilerNotifier()],
+        # Only bookkeeping per failed task; the one alert of the DAG run comes from send_alerts.
+        "on_failure_callback": [mark_run_failed],
     },
 )
 def ledger_reconciliation() -> None:
@@ -208,29 +215,46 @@ def ledger_reconciliation() -> None:
         with ledger_step() as engine:
             return jsonable(pipeline.finish_run(engine, run).to_json())
 
-    @task
-    def send_alerts(run: int) -> str | None:
-        """Alert on a halted or failed run or on drift above the threshold; a halted run turns the DAG red."""
+    @task(trigger_rule="all_done", retries=0)
+    def send_alerts() -> str | None:
+        """Send this DAG run's one alert (halted, failed, drift above the threshold), whatever failed before;
+        a halted or failed run turns the DAG red."""
+        from dataclasses import replace
+
         from reconciler import alerts, pipeline
 
         context = get_current_context()
+        failed = failed_task_instances(context)
+        where = ", ".join(f"{task}[{index}]" if index >= 0 else task for task, index in failed)
+        run = run_id_of(context)
+        if run is None:
+            alert = alerts.alert_for_failure(run_id=None, where=where or "start_run",
+                                             error="the run could not be recorded; see the task log")
+            deliver_alert(alert.with_links(**links_for(context, failed=failed)), context, log)
+            raise RunNotClean(f"{alert.subject}: {alert.text}")
         with ledger_step() as engine:
             summary = pipeline.load_summary(engine, run)
+            if failed and summary.status not in ("failed", "halted"):
+                # The failure callbacks record the reason; a task failing after finish_run (or a callback not
+                # yet done) still makes this a failed DAG run, and the alert says so.
+                reason = summary.error or f"{where} failed; see the task log"
+                pipeline.mark_run_failed(engine, run, reason)
+                summary = replace(pipeline.load_summary(engine, run), status="failed", error=reason)
         threshold = alerts.parse_drift_threshold(context["params"].get("alert_drift_above"))
-        alert = alerts.alert_for_summary(summary, drift_above=threshold)
-        if alert is None:
-            return None
-        ReconcilerNotifier(alert).notify(context)
+        outcome = alerts.alert_for_summary(summary, drift_above=threshold)
+        if outcome is not None:
+            deliver_alert(outcome.with_links(**links_for(context, failed=failed, report=summary.report_path)),
+                          context, log)
         if summary.status in ("halted", "failed"):
-            raise RunNotClean(f"{alert.subject}: {alert.text}")
-        return alert.kind
+            raise RunNotClean(f"{outcome.subject}: {outcome.text}" if outcome else f"run {run} is {summary.status}")
+        return outcome.kind if outcome else None
 
     # ``run`` is the reconciler run id (an XComArg here, an int inside the tasks; Airflow reserves "run_id").
     run: Any = start_run()
     compared = compare_chunk.expand(chunk=plan_chunks(run))
     # The report is built after the run is finished, so it shows the run's final status.
     chain(compared, check_quality(run), open_tasks(run), apply_corrections(run), finish_run(run), build_report(run),
-          send_alerts(run))
+          send_alerts())
 
 
 ledger_reconciliation()

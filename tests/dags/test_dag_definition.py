@@ -104,16 +104,23 @@ def test_compare_is_mapped_in_the_ledger_pool_with_backoff(dagbag: Any) -> None:
     assert dag.get_task("check_quality").trigger_rule == "none_failed"
 
 
-def test_every_task_marks_the_run_failed_and_alerts_on_failure(dagbag: Any) -> None:
-    """Each task of both DAGs has failure callbacks (mark the run failed where there is a run, and notify)."""
-    for dag_id in ("ledger_reconciliation", "ledger_reconciliation_watchdog"):
-        for task in dagbag.dags[dag_id].tasks:
-            callbacks = task.on_failure_callback
-            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-            names = {getattr(cb, "__name__", type(cb).__name__) for cb in callbacks}
-            assert "ReconcilerNotifier" in names, (dag_id, task.task_id)
-            if dag_id == "ledger_reconciliation":
-                assert "mark_run_failed" in names, task.task_id
+def test_failures_mark_the_run_failed_and_alert_once_per_dag_run(dagbag: Any) -> None:
+    """Every task of the reconciliation DAG marks the run failed when it fails, but none alerts on its own: the
+    last task, send_alerts, runs whatever happened (all_done, no retry) and alerts once per DAG run. The
+    watchdog (one task) alerts from its failure callback."""
+    dag = dagbag.dags["ledger_reconciliation"]
+    for task in dag.tasks:
+        callbacks = task.on_failure_callback
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        names = {getattr(cb, "__name__", type(cb).__name__) for cb in callbacks}
+        assert names == {"mark_run_failed"}, task.task_id
+    alerts = dag.get_task("send_alerts")
+    assert alerts.trigger_rule == "all_done" and alerts.retries == 0
+    assert [t.task_id for t in dag.tasks if not t.downstream_list] == ["send_alerts"]
+    for task in dagbag.dags["ledger_reconciliation_watchdog"].tasks:
+        callbacks = task.on_failure_callback
+        assert {type(cb).__name__ for cb in (callbacks if isinstance(callbacks, list) else [callbacks])} == {
+            "ReconcilerNotifier"}
 
 
 def test_params_are_typed_and_documented(dagbag: Any) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import Engine, func, insert, select, text
@@ -15,7 +16,7 @@ from reconciler.db import make_engine
 from reconciler.schema import runs, tasks
 from tests.factories import cached_balance, entry_count, ledger_sum, make_customer, post_entry, set_cached_balance
 from tests.fix_db import create_database, drop_database
-from tests.fix_http import Webhook
+from tests.fix_http import SMTPServer, Webhook, http_connection, smtp_connection
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def ledger(engine: Engine, db_url: URL, monkeypatch: pytest.MonkeyPatch) -> Engi
 @pytest.fixture
 def webhook(webhook: Webhook, monkeypatch: pytest.MonkeyPatch) -> Webhook:
     """The local webhook (tests/fix_http.py), configured as the Airflow connection ``reconciler_alerts``."""
-    monkeypatch.setenv("AIRFLOW_CONN_RECONCILER_ALERTS", webhook.url)
+    monkeypatch.setenv("AIRFLOW_CONN_RECONCILER_ALERTS", http_connection(webhook.url))
     return webhook
 
 
@@ -135,6 +136,37 @@ def test_failing_task_marks_the_run_failed(dagbag: Any, ledger: Engine) -> None:
     assert "plan_chunks" in run["error"] and "planning refused by test" in run["error"]
     assert _task_rows(ledger) == []
     assert cached_balance(ledger, 5) - ledger_sum(ledger, 5) == PLANTED[5]
+
+
+def test_failed_mapped_chunks_send_one_alert_per_dag_run(dagbag: Any, ledger: Engine, webhook: Webhook,
+                                                         smtp_server: SMTPServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two of three mapped compare_chunk tasks fail (the database refuses their findings): the DAG run fails,
+    the reconciler run is failed, and exactly ONE alert goes to the webhook and ONE mail to the SMTP server,
+    with the run summary, the DAG run's link and the failed task's log link."""
+    monkeypatch.setenv("AIRFLOW_CONN_RECONCILER_SMTP", smtp_connection(smtp_server))
+    with ledger.begin() as conn:
+        conn.execute(text("""
+            create function refuse_finding() returns trigger language plpgsql as $$
+            begin if new.customer_id in (5, 29) then raise exception 'finding refused by test'; end if;
+            return new; end $$;
+            create trigger refuse_finding before insert on reconciler.findings
+            for each row execute function refuse_finding();"""))
+    dag_run = _run(dagbag, {"chunk_size": 10, "max_drift_ratio": "1"})
+    states = _states(dag_run)
+    assert dag_run.state == "failed"
+    assert sorted(i for (task, i), state in states.items() if task == "compare_chunk" and state == "failed") == [0, 2]
+    assert states[("send_alerts", -1)] == "failed"
+    [run] = _run_rows(ledger)
+    assert run["status"] == "failed" and "compare_chunk" in run["error"]
+    assert len(webhook.received) == 1, webhook.received
+    payload = webhook.received[0]["json"]
+    assert payload["kind"] == "failed" and payload["run_id"] == run["id"]
+    assert "customers checked" in payload["text"]
+    assert payload["links"]["run"].endswith(f"/dags/ledger_reconciliation/runs/{quote(dag_run.run_id, safe='')}")
+    assert "/tasks/compare_chunk/mapped/" in payload["links"]["log"]
+    assert len(smtp_server.messages) == 1
+    assert "Subject: [reconciler] Reconciliation run" in smtp_server.messages[0]
 
 
 def test_halted_run_alerts_the_webhook_and_turns_red(dagbag: Any, ledger: Engine, webhook: Webhook) -> None:
