@@ -23,7 +23,10 @@ chat webhook (HttpNotifier, connection `reconciler_alerts`) when they exist, wit
 this DAG run and the failed task's log, and the report's location. A failing task marks the run `failed`.
 The `ledger_reconciliation_watchdog` DAG alerts when no run has succeeded for 26 hours.
 
-**Results**: `reconciler tasks list --run RUN_ID`, the report folder printed by `build_report`.
+**Results**: `reconciler tasks list --run RUN_ID`, the report folder printed by `build_report`. Each finished
+run (succeeded or halted) emits an event of the asset `reconciler://ledger/balances` with its figures and
+report location (see `dags/examples/finance_export.py`); `send_alerts` sends the `reconciler.run.*` metrics
+through Airflow's Stats (StatsD or OpenTelemetry).
 """
 
 from __future__ import annotations
@@ -37,8 +40,12 @@ import pendulum
 from airflow.sdk import Param, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from reconciler_airflow import (
+    BALANCES,
+    LEDGER_INPUTS,
     LEDGER_POOL,
     RunNotClean,
+    balances_event,
+    emit_run_metrics,
     env_int,
     jsonable,
     ledger_step,
@@ -165,7 +172,7 @@ def ledger_reconciliation() -> None:
             return pipeline.plan_run(engine, run)
 
     @task(pool=LEDGER_POOL, retries=max(TASK_RETRIES, 3), execution_timeout=dt.timedelta(minutes=30),
-          map_index_template="{{ chunk_label }}")
+          map_index_template="{{ chunk_label }}", inlets=LEDGER_INPUTS)
     def compare_chunk(chunk: dict[str, int]) -> dict[str, int]:
         """Compare one chunk in one statement; findings are staged, so a retry changes nothing."""
         from reconciler import pipeline
@@ -199,13 +206,17 @@ def ledger_reconciliation() -> None:
         with ledger_step() as engine:
             return jsonable(pipeline.apply_run_corrections(engine, run))
 
-    @task
+    @task(outlets=[BALANCES])
     def build_report(run: int) -> str:
-        """Write the finance report for the run; return where it is."""
+        """Write the finance report for the run; return where it is. Emits the "balances reconciled" asset
+        event with the run's figures and the report's location."""
         from reconciler import pipeline
 
         with ledger_step() as engine:
-            return str(pipeline.build_report(engine, run))
+            location = str(pipeline.build_report(engine, run))
+            summary = pipeline.load_summary(engine, run)
+        get_current_context()["outlet_events"][BALANCES].extra = balances_event(summary, location)
+        return location
 
     @task
     def finish_run(run: int) -> dict[str, Any]:
@@ -217,8 +228,8 @@ def ledger_reconciliation() -> None:
 
     @task(trigger_rule="all_done", retries=0)
     def send_alerts() -> str | None:
-        """Send this DAG run's one alert (halted, failed, drift above the threshold), whatever failed before;
-        a halted or failed run turns the DAG red."""
+        """Send this DAG run's metrics and its one alert (halted, failed, drift above the threshold), whatever
+        failed before; a halted or failed run turns the DAG red."""
         from dataclasses import replace
 
         from reconciler import alerts, pipeline
@@ -240,6 +251,8 @@ def ledger_reconciliation() -> None:
                 reason = summary.error or f"{where} failed; see the task log"
                 pipeline.mark_run_failed(engine, run, reason)
                 summary = replace(pipeline.load_summary(engine, run), status="failed", error=reason)
+        started = context["dag_run"].start_date
+        emit_run_metrics(summary, (dt.datetime.now(dt.UTC) - started).total_seconds() if started else None)
         threshold = alerts.parse_drift_threshold(context["params"].get("alert_drift_above"))
         outcome = alerts.alert_for_summary(summary, drift_above=threshold)
         if outcome is not None:

@@ -50,11 +50,12 @@ def _probe(tmp_path: Path) -> dict[str, Any]:
 
 
 def test_dag_files_parse_without_databases_connections_or_heavy_imports(tmp_path: Path) -> None:
-    """Both DAGs load with no import error while every database is unreachable; parsing opens no socket, looks
-    up no connection or variable, imports nothing of reconciler (so no engine) and nothing heavy, in < 2 s."""
+    """The DAGs (and the example consumer) load with no import error while every database is unreachable;
+    parsing opens no socket, looks up no connection or variable, imports nothing of reconciler (so no engine)
+    and nothing heavy, in < 2 s."""
     report = _probe(tmp_path)
     assert report["import_errors"] == {}
-    assert report["dag_ids"] == ["ledger_reconciliation", "ledger_reconciliation_watchdog"]
+    assert report["dag_ids"] == ["finance_export", "ledger_reconciliation", "ledger_reconciliation_watchdog"]
     assert report["events"] == [] and report["lookups"] == []
     touched = [name for name in report["new_modules"]
                if name == "reconciler" or name.startswith("reconciler.") or name.startswith(HEAVY_MODULES)]
@@ -213,3 +214,24 @@ def test_airflowignore_keeps_the_helper_modules_out_of_parsing(dagbag: Any) -> N
     listed = sorted(Path(path).relative_to(DAGS_FOLDER).as_posix() for path in list_py_file_paths(DAGS_FOLDER))
     assert not [path for path in listed if Path(path).name.startswith("reconciler_")], listed
     assert {"ledger_reconciliation.py", "ledger_reconciliation_watchdog.py"} <= set(listed)
+
+
+def test_runs_emit_balances_reconciled_and_the_example_consumes_it(dagbag: Any) -> None:
+    """build_report has the asset reconciler://ledger/balances as outlet, compare_chunk reads the ledger's
+    tables as inlets (OpenLineage's datasets), and the example finance export is scheduled on that asset and
+    picks the newest succeeded run's metadata from its triggering events."""
+    dag = dagbag.dags["ledger_reconciliation"]
+    assert [a.uri for a in dag.get_task("build_report").outlets] == ["reconciler://ledger/balances"]
+    assert [a.uri for a in dag.get_task("compare_chunk").partial_kwargs.get("inlets", [])] == [
+        "reconciler://ledger/customers", "reconciler://ledger/customer_ledger_entries"]
+    consumer = dagbag.dags["finance_export"]
+    assert [a.uri for a in consumer.timetable.asset_condition.objects] == ["reconciler://ledger/balances"]
+    from examples.finance_export import latest_reconciled
+
+    class Event:
+        def __init__(self, **extra: object) -> None:
+            self.extra = extra
+
+    assert latest_reconciled([Event(run_id=1, status="succeeded"), Event(run_id=2, status="halted")]) == {
+        "run_id": 1, "status": "succeeded"}
+    assert latest_reconciled([Event(run_id=2, status="halted")]) is None

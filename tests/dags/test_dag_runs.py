@@ -52,6 +52,50 @@ def webhook(webhook: Webhook, monkeypatch: pytest.MonkeyPatch) -> Webhook:
     return webhook
 
 
+class StatsRecorder:
+    """What Airflow's Stats sent, as ``(kind, stat, value, tags)``."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, object, dict[str, Any]]] = []
+
+    def mine(self) -> list[tuple[str, str, object, dict[str, Any]]]:
+        return [item for item in self.sent if item[1].startswith("reconciler.")]
+
+
+@pytest.fixture
+def stats(monkeypatch: pytest.MonkeyPatch) -> StatsRecorder:
+    """Airflow's Stats (airflow.sdk.observability.stats) sending to a recorder (in place of StatsD or
+    OpenTelemetry) for this test."""
+    from airflow.sdk._shared.observability.metrics import stats as stats_module
+    from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
+
+    recorder = StatsRecorder()
+
+    class Backend(NoStatsLogger):  # type: ignore[misc]
+        def incr(self, stat: str, count: int = 1, rate: float = 1, *, tags: Any = None) -> None:
+            recorder.sent.append(("incr", stat, count, dict(tags or {})))
+
+        def gauge(self, stat: str, value: float, rate: float = 1, delta: bool = False, *, tags: Any = None) -> None:
+            recorder.sent.append(("gauge", stat, value, dict(tags or {})))
+
+        def timing(self, stat: str, dt: Any, *, tags: Any = None) -> None:
+            recorder.sent.append(("timing", stat, dt, dict(tags or {})))
+
+    monkeypatch.setattr(stats_module, "_backend", Backend())
+    return recorder
+
+
+def _asset_events(uri: str) -> list[dict[str, Any]]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.execute(select(AssetEvent.extra, AssetEvent.source_task_id, AssetEvent.source_run_id)
+                               .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+                               .where(AssetModel.uri == uri).order_by(AssetEvent.id)).all()
+    return [{"extra": dict(extra or {}), "task": task, "run": run} for extra, task, run in rows]
+
+
 def _run(dagbag: Any, conf: dict[str, object] | None = None, dag_id: str = "ledger_reconciliation") -> Any:
     dag = dagbag.dags[dag_id]
     return dag.test(run_conf=conf or {})
@@ -72,10 +116,13 @@ def _task_rows(engine: Engine) -> list[Any]:
 
 
 def test_dag_run_finds_and_corrects_planted_drift_then_reruns_idempotently(dagbag: Any, ledger: Engine,
-                                                                          webhook: Webhook) -> None:
+                                                                          webhook: Webhook,
+                                                                          stats: StatsRecorder) -> None:
     """A manual run with chunk_size 10 maps 3 compare tasks, corrects the two small drifts, sends the big one
     to review, records trigger 'manual' and, its drift being above alert_drift_above, alerts once yet stays
-    green; a second run opens no duplicate task and corrects nothing twice."""
+    green; it emits one "balances reconciled" asset event with its figures and report, and its metrics through
+    Airflow's Stats. A second run opens no duplicate task and corrects nothing twice."""
+    before = len(_asset_events("reconciler://ledger/balances"))
     conf = {"chunk_size": 10, "max_drift_ratio": "0.2", "alert_drift_above": "100.00"}
     dag_run = _run(dagbag, conf)
     states = _states(dag_run)
@@ -101,6 +148,22 @@ def test_dag_run_finds_and_corrects_planted_drift_then_reruns_idempotently(dagba
 
     assert [(a["json"]["kind"], a["json"]["details"]["total_abs_drift"]) for a in webhook.received] == [
         ("drift", "267.34")]
+    assert webhook.received[0]["json"]["links"]["report"] == run["outcome"]["report_path"]
+
+    events = _asset_events("reconciler://ledger/balances")[before:]
+    assert [(e["task"], e["run"]) for e in events] == [("build_report", dag_run.run_id)]
+    assert events[0]["extra"] == {
+        "run_id": run["id"], "status": "succeeded", "mode": "full", "customers_checked": CUSTOMERS, "drift_count": 3,
+        "total_abs_drift": "267.34", "corrected": 2, "needs_review": 1, "open": 0,
+        "report": run["outcome"]["report_path"]}
+    sent = {(kind, stat): value for kind, stat, value, tags in stats.mine()}
+    assert {stat for _, stat in sent} == {
+        "reconciler.run.drift_count", "reconciler.run.total_abs_drift", "reconciler.run.corrected",
+        "reconciler.run.needs_review", "reconciler.run.duration", "reconciler.run.finished",
+        "reconciler.run.corrections"}
+    assert sent[("gauge", "reconciler.run.total_abs_drift")] == 267.34
+    assert sent[("gauge", "reconciler.run.drift_count")] == 3 and sent[("incr", "reconciler.run.corrections")] == 2
+    assert all(tags == {"status": "succeeded"} for *_, tags in stats.mine())
 
     second = _run(dagbag, conf)
     assert second.state == "success", _states(second)
