@@ -128,7 +128,7 @@ def alert_for_summary(summary: RunOutcome, *, drift_above: Decimal | None = DEFA
 
     Halted and failed runs always alert; a succeeded run alerts when the absolute drift it found exceeds
     ``drift_above`` (strictly; ``None`` disables that check), or when the four-eyes review of its
-    ``needs_review`` tasks got no answer in time (``review.timed_out``: nothing was corrected). The review's
+    ``needs_review`` tasks got no answer in time or an answer that was refused (nothing was corrected). The review's
     outcome, when there was one, is part of every alert's text and details.
     """
     details = _outcome_details(summary)
@@ -151,9 +151,10 @@ def alert_for_summary(summary: RunOutcome, *, drift_above: Decimal | None = DEFA
                               f"of drift (alert threshold {format_money(drift_above)})",
                      f"{_counts_line(summary)}{report}", summary.run_id,
                      {**details, "alert_drift_above": str(drift_above)})
-    if review is not None and review.timed_out:
+    if review is not None and review.unanswered:
+        what = "in time" if review.timed_out else "acceptably (four-eyes rule)"
         return Alert("review", f"Reconciliation run {summary.run_id}: nobody reviewed {review.pending} "
-                               f"correction{'s' if review.pending != 1 else ''} in time",
+                               f"correction{'s' if review.pending != 1 else ''} {what}",
                      f"{_counts_line(summary)}{report} Review them with `reconciler tasks list --status needs_review` "
                      f"and `reconciler tasks resolve`, or in the next run's approval step.", summary.run_id, details)
     return None
@@ -169,8 +170,17 @@ class ReviewOutcome:
     timed_out: bool = False
     approver: str | None = None
     note: str | None = None
+    #: Why the answer was not applied (e.g. the approver triggered the run): nothing was corrected.
+    refused: str | None = None
+
+    @property
+    def unanswered(self) -> bool:
+        """Nothing of the review was applied: no answer in time, or an answer that was refused."""
+        return self.timed_out or self.refused is not None
 
     def describe(self) -> str:
+        if self.refused is not None:
+            return f"Review: the answer of {self.approver} was refused ({self.refused}); nothing was corrected."
         if self.timed_out:
             return (f"Review: no answer within the approval timeout; nothing of the {self.pending} task"
                     f"{'s' if self.pending != 1 else ''} needing review was corrected.")
@@ -179,7 +189,7 @@ class ReviewOutcome:
 
     def to_json(self) -> dict[str, object]:
         return {"pending": self.pending, "approved": self.approved, "rejected": self.rejected,
-                "timed_out": self.timed_out, "approver": self.approver, "note": self.note}
+                "timed_out": self.timed_out, "approver": self.approver, "note": self.note, "refused": self.refused}
 
 
 def alert_for_failure(*, run_id: int | None, where: str, error: str) -> Alert:

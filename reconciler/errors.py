@@ -85,3 +85,8 @@ class RunFailedError(ReconcilerError):
     def __init__(self, message: str, run_id: int) -> None:
         super().__init__(message)
         self.run_id = run_id
+
+
+class FourEyesError(ReconcilerError):
+    """Raised when a correction above the auto-correct limit would be approved by the person who proposed it
+    (triggered the run that sent it to review), or by someone outside the configured approvers."""

@@ -100,6 +100,9 @@ def run(
             summary = run_reconciliation(engine, options, trigger="cli", progress=progress)
         finally:
             close()
+        from reconciler.approvals import current_user, record_trigger_user  # noqa: PLC0415
+
+        record_trigger_user(engine, summary.run_id, current_user())  # the proposer, for the four-eyes rule
         if json_output:
             emit_json(summary.to_json())
         else:

@@ -101,7 +101,9 @@ def _print_table(rows: list[TaskView], total: int, status: str | None, run: int 
 def resolve_command(
     task_id: Annotated[str, typer.Argument(help="The task to resolve (its id).")],
     action: Annotated[Action, typer.Option(help=_HELP["action"])],
-    by: Annotated[str, typer.Option(metavar="NAME", help="Who approves (recorded in the audit trail).")],
+    by: Annotated[str, typer.Option(metavar="NAME", help="Who approves (recorded in the audit trail). Correcting a "
+                                                         "task above the auto-correct limit needs a person other "
+                                                         "than the one who triggered its run (four eyes).")],
     note: Annotated[str, typer.Option(metavar="TEXT", help="Why (recorded in the audit trail).")],
     policy: Annotated[Policy, typer.Option(help=_HELP["policy"])] = Policy.LEDGER,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -114,11 +116,12 @@ def resolve_command(
         fail("--by must name who approves, got an empty value", ExitCode.USAGE)
     if not note.strip():
         fail("--note must say why, got an empty value", ExitCode.USAGE)
-    from reconciler.tasks import resolve_task  # noqa: PLC0415
+    from reconciler.approvals import resolve_with_four_eyes  # noqa: PLC0415
 
     engine = _engine()
     try:
-        resolved = resolve_task(engine, int(task_id), action.value, by, note, policy.value)
+        # Above the auto-correct limit, --by must name someone other than the person who triggered the run.
+        resolved = resolve_with_four_eyes(engine, int(task_id), action.value, by, note, policy.value)
     except ReconcilerError as exc:
         fail(str(exc), ExitCode.USAGE)
     finally:
