@@ -9,8 +9,16 @@ settings below (a customer range or ids, tolerance, policy, guardrails, dry run)
 **Steps** (each calls one `reconciler.pipeline` function; every step can be retried or rerun and
 changes nothing the second time; findings are staged in `reconciler.findings` before anything acts):
 `start_run` → `plan_chunks` → `compare_chunk` (one mapped task per chunk of customer ids, in pool
-`ledger_db`) → `check_quality` → `open_tasks` → `apply_corrections` → `finish_run` → `build_report`
-→ `send_alerts`.
+`ledger_db`) → `check_quality` → `open_tasks` → `apply_corrections` → `review_corrections` → `apply_review`
+→ `finish_run` → `build_report` → `send_alerts`.
+
+**Four eyes**: when corrections went to `needs_review` (drift above `auto_correct_limit`),
+`review_corrections` waits (up to `RECONCILER_APPROVAL_TIMEOUT_MINUTES`, default 12 h) in Airflow's
+"Required actions" for a second person: approve all, approve selected task ids, or reject with a note. The
+person who triggered the run cannot approve it; `RECONCILER_APPROVERS` (comma-separated user names) lists who
+may, and is required in practice for scheduled runs. Approved tasks are corrected through the balance core
+with the approver in their audit trail; rejected ones stay in review with the note; no answer in time
+corrects nothing and the alert says so.
 
 **Database**: the Airflow connection `ledger_db`, else `RECONCILER_DATABASE_URL`, else the embedded
 PostgreSQL under `.reconciler/`. When the connection `ledger_db_replica` exists, chunk comparisons read
@@ -56,11 +64,14 @@ from reconciler_airflow import (
     trigger_of,
 )
 from reconciler_alerts import deliver_alert, failed_task_instances, links_for
+from reconciler_review import FourEyesReview, configured_approvers, decision_from, trigger_user
 
 log = logging.getLogger(__name__)
 DEFAULT_SCHEDULE = "0 2 * * *"
 TASK_RETRIES = env_int("RECONCILER_TASK_RETRIES", 2)
 RETRY_DELAY = dt.timedelta(seconds=env_int("RECONCILER_RETRY_DELAY_SECONDS", 30))
+#: How long the approval step waits for an answer before it corrects nothing (default 12 hours).
+APPROVAL_TIMEOUT = dt.timedelta(minutes=env_int("RECONCILER_APPROVAL_TIMEOUT_MINUTES", 12 * 60, minimum=1))
 MONEY_PATTERN = r"^[0-9]{1,16}(\.[0-9]{1,2})?$"
 RATIO_PATTERN = r"^(0(\.[0-9]{1,6})?|1(\.0{1,6})?)$"
 #: The params that are run options (reconciler.pipeline.RunOptions); the others configure the DAG itself.
@@ -160,8 +171,12 @@ def ledger_reconciliation() -> None:
         with ledger_step() as engine:
             dag_run = context["dag_run"]
             # Keyed by the Airflow run: a retry of this task returns the run it already started.
-            return pipeline.start_run(engine, options, trigger_of(dag_run.run_type),
-                                      key=f"airflow:{dag_run.dag_id}:{dag_run.run_id}")
+            run = pipeline.start_run(engine, options, trigger_of(dag_run.run_type),
+                                     key=f"airflow:{dag_run.dag_id}:{dag_run.run_id}")
+            from reconciler.approvals import record_trigger_user
+
+            record_trigger_user(engine, run, trigger_user(context))  # the proposer, for the four-eyes rule
+            return run
 
     @task
     def plan_chunks(run: int) -> list[dict[str, int]]:
@@ -205,6 +220,33 @@ def ledger_reconciliation() -> None:
 
         with ledger_step() as engine:
             return jsonable(pipeline.apply_run_corrections(engine, run))
+
+    @task(trigger_rule="none_failed")
+    def apply_review(run: int) -> dict[str, Any] | None:
+        """Apply the approver's answer (skipped review: nothing to do): approved tasks are corrected through
+        the core with the approver in their audit; rejected ones stay in review with the note; no answer in
+        time, or an answer by the run's own trigger, corrects nothing."""
+        from reconciler import approvals
+        from reconciler.errors import FourEyesError
+
+        context = get_current_context()
+        response = context["ti"].xcom_pull(task_ids="review_corrections")
+        if not response:
+            return None
+        with ledger_step() as engine:
+            pending = [t.id for t in approvals.review_candidates(engine, run)]
+            if not response.get("responded_by_user"):
+                outcome = approvals.record_review_timeout(engine, run, waited=str(APPROVAL_TIMEOUT))
+            else:
+                decision = decision_from(response, pending)
+                try:
+                    outcome = approvals.apply_review(engine, run, decision, proposers=[trigger_user(context)],
+                                                     approvers=configured_approvers(),
+                                                     policy=str(context["params"].get("policy") or "ledger"))
+                except FourEyesError as exc:
+                    log.warning("approval refused: %s", exc)
+                    outcome = approvals.record_review_refused(engine, run, decision, str(exc))
+        return outcome.to_json()
 
     @task(outlets=[BALANCES])
     def build_report(run: int) -> str:
@@ -254,7 +296,9 @@ def ledger_reconciliation() -> None:
         started = context["dag_run"].start_date
         emit_run_metrics(summary, (dt.datetime.now(dt.UTC) - started).total_seconds() if started else None)
         threshold = alerts.parse_drift_threshold(context["params"].get("alert_drift_above"))
-        outcome = alerts.alert_for_summary(summary, drift_above=threshold)
+        reviewed = context["ti"].xcom_pull(task_ids="apply_review")
+        review = alerts.ReviewOutcome(**reviewed) if reviewed else None
+        outcome = alerts.alert_for_summary(summary, drift_above=threshold, review=review)
         if outcome is not None:
             deliver_alert(outcome.with_links(**links_for(context, failed=failed, report=summary.report_path)),
                           context, log)
@@ -266,8 +310,9 @@ def ledger_reconciliation() -> None:
     run: Any = start_run()
     compared = compare_chunk.expand(chunk=plan_chunks(run))
     # The report is built after the run is finished, so it shows the run's final status.
-    chain(compared, check_quality(run), open_tasks(run), apply_corrections(run), finish_run(run), build_report(run),
-          send_alerts())
+    review = FourEyesReview(task_id="review_corrections", response_timeout=APPROVAL_TIMEOUT, retries=0)
+    chain(compared, check_quality(run), open_tasks(run), apply_corrections(run), review, apply_review(run),
+          finish_run(run), build_report(run), send_alerts())
 
 
 ledger_reconciliation()

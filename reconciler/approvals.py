@@ -152,15 +152,17 @@ class ReviewDecision:
 
 def apply_review(engine: Engine, run_id: int, decision: ReviewDecision, *, proposers: Iterable[str | None],
                  approvers: Sequence[str] = (), policy: str = DEFAULT_POLICY) -> ReviewOutcome:
-    """Apply an approver's answer: check four eyes first (nothing is written when it fails), then correct each
-    approved task through the core (approver recorded) and append a ``reject`` event to each rejected one."""
+    """Apply an approver's answer: check four eyes first (``proposers`` and whoever triggered a run that saw one
+    of the tasks may not approve; nothing is written when the check fails), then correct each approved task
+    through the core (approver recorded) and append a ``reject`` event to each rejected one."""
     pending = review_candidates(engine, run_id)
     by_id = {t.id: t for t in pending}
     unknown = sorted(set(decision.approve + decision.reject) - set(by_id))
     if unknown:
         raise InvalidOperationError(f"tasks {unknown} are not awaiting review in run {run_id}; "
                                     f"those are {sorted(by_id) or 'none'}")
-    check_four_eyes(decision.approver, proposers, approvers=approvers, what=f"the corrections of run {run_id}")
+    everyone = set(proposers) | {p for task in pending for p in proposers_of(engine, task)}
+    check_four_eyes(decision.approver, everyone, approvers=approvers, what=f"the corrections of run {run_id}")
     note = decision.note.strip() or "approved in the run's review"
     approved = 0
     for task_id in decision.approve:

@@ -92,7 +92,7 @@ def test_reconciliation_dag_is_configured_as_agreed(dagbag: Any) -> None:
     assert {"reconciler", "finance"} <= set(dag.tags)
     assert [t.task_id for t in dag.topological_sort()] == [
         "start_run", "plan_chunks", "compare_chunk", "check_quality", "open_tasks", "apply_corrections",
-        "finish_run", "build_report", "send_alerts"]
+        "review_corrections", "apply_review", "finish_run", "build_report", "send_alerts"]
 
 
 def test_compare_is_mapped_in_the_ledger_pool_with_backoff(dagbag: Any) -> None:
@@ -235,3 +235,18 @@ def test_runs_emit_balances_reconciled_and_the_example_consumes_it(dagbag: Any) 
     assert latest_reconciled([Event(run_id=1, status="succeeded"), Event(run_id=2, status="halted")]) == {
         "run_id": 1, "status": "succeeded"}
     assert latest_reconciled([Event(run_id=2, status="halted")]) is None
+
+
+def test_review_step_is_a_hitl_operator_with_a_timeout(dagbag: Any) -> None:
+    """review_corrections is the standard provider's HITL operator (approve all / selected / reject, Reject by
+    default on timeout), with a response timeout and the two form fields; apply_review runs when it is
+    skipped (no task awaiting review)."""
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    dag = dagbag.dags["ledger_reconciliation"]
+    review = dag.get_task("review_corrections")
+    assert isinstance(review, HITLOperator)
+    assert review.options == ["Approve all", "Approve selected", "Reject"] and review.defaults == ["Reject"]
+    assert review.response_timeout == dt.timedelta(hours=12)
+    assert set(review.params.keys()) == {"task_ids", "note"}
+    assert dag.get_task("apply_review").trigger_rule == "none_failed"

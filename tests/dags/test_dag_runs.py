@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL
 
 from reconciler.db import make_engine
 from reconciler.schema import runs, tasks
+from tests.dags.fix_hitl import Responder
 from tests.factories import cached_balance, entry_count, ledger_sum, make_customer, post_entry, set_cached_balance
 from tests.fix_db import create_database, drop_database
 from tests.fix_http import SMTPServer, Webhook, http_connection, smtp_connection
@@ -116,13 +117,15 @@ def _task_rows(engine: Engine) -> list[Any]:
 
 
 def test_dag_run_finds_and_corrects_planted_drift_then_reruns_idempotently(dagbag: Any, ledger: Engine,
-                                                                          webhook: Webhook,
-                                                                          stats: StatsRecorder) -> None:
+                                                                          webhook: Webhook, stats: StatsRecorder,
+                                                                          reviewer: Responder) -> None:
     """A manual run with chunk_size 10 maps 3 compare tasks, corrects the two small drifts, sends the big one
     to review, records trigger 'manual' and, its drift being above alert_drift_above, alerts once yet stays
     green; it emits one "balances reconciled" asset event with its figures and report, and its metrics through
     Airflow's Stats. A second run opens no duplicate task and corrects nothing twice."""
     before = len(_asset_events("reconciler://ledger/balances"))
+    reviewer.answer("erin", "Reject", note="not before the bank confirms")
+    reviewer.answer("erin", "Reject", note="still waiting for the bank")
     conf = {"chunk_size": 10, "max_drift_ratio": "0.2", "alert_drift_above": "100.00"}
     dag_run = _run(dagbag, conf)
     states = _states(dag_run)
@@ -285,3 +288,61 @@ def test_compare_reads_the_replica_connection_when_it_exists(dagbag: Any, ledger
     finally:
         replica.dispose()
         drop_database(replica_url)
+
+
+def _events(engine: Engine, customer: int) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        resolution = conn.execute(select(tasks.c.resolution).where(tasks.c.customer_id == customer)
+                                  .order_by(tasks.c.id.desc()).limit(1)).scalar_one()
+    return list(resolution["events"])
+
+
+def test_four_eyes_approval_in_the_airflow_ui(dagbag: Any, ledger: Engine, webhook: Webhook, reviewer: Responder,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run waits at review_corrections, whose form lists the task above the limit (customer, drift, cause).
+    The run's own trigger approving is refused: nothing corrected, the refusal audited, a 'review' alert. In the
+    next run, with RECONCILER_APPROVERS naming the trigger and erin, only erin is assigned: mallory's answer is
+    refused by the API (403), erin approves the selected task and it is corrected through the core with erin as
+    approver in its audit trail."""
+    conf = {"chunk_size": 10, "max_drift_ratio": "1", "alert_drift_above": None}
+    reviewer.answer("dag_test", "Approve all", note="my own run")
+    first = _run(dagbag, conf)
+    assert first.state == "success", _states(first)
+    form = reviewer.seen[0]
+    assert "approve 1 correction" in form["subject"] and "| 29 |" in form["body"] and "250.00" in form["body"]
+    assert form["options"] == ["Approve all", "Approve selected", "Reject"] and form["assigned_users"] == []
+    assert cached_balance(ledger, 29) - ledger_sum(ledger, 29) == PLANTED[29]
+    assert _events(ledger, 29)[-1]["action"] == "approval_refused" and _events(ledger, 29)[-1]["by"] == "dag_test"
+    [alert] = [a["json"] for a in webhook.received]
+    assert alert["kind"] == "review" and "refused" in alert["text"] and "nothing was corrected" in alert["text"]
+
+    monkeypatch.setenv("RECONCILER_APPROVERS", "dag_test, erin")
+    [task_29] = [row["id"] for row in _task_rows(ledger) if row["customer_id"] == 29]
+    reviewer.answer("mallory", "Approve all")
+    reviewer.answer("erin", "Approve selected", task_ids=[task_29], note="bank confirmed the missing credit")
+    second = _run(dagbag, conf)
+    assert second.state == "success", _states(second)
+    assert reviewer.seen[1]["assigned_users"] == [{"id": "erin", "name": "erin"}]
+    assert reviewer.errors and "mallory" in reviewer.errors[0]
+    assert cached_balance(ledger, 29) == ledger_sum(ledger, 29)
+    status = {row["customer_id"]: row["status"] for row in _task_rows(ledger)}
+    assert status[29] == "corrected"
+    correct = _events(ledger, 29)[-1]
+    assert (correct["action"], correct["by"], correct["values"]["approved_by"]) == ("correct", "erin", "erin")
+    assert correct["note"] == "bank confirmed the missing credit"
+    assert len(webhook.received) == 1
+
+
+def test_unanswered_review_corrects_nothing_and_alerts(dagbag: Any, ledger: Engine, webhook: Webhook,
+                                                       reviewer: Responder) -> None:
+    """When nobody answers before the response timeout (the scheduler's sweep takes the default), nothing is
+    corrected, each waiting task records the timeout, the run succeeds and the alert says nothing was
+    corrected."""
+    reviewer.answer(None)
+    dag_run = _run(dagbag, {"chunk_size": 10, "max_drift_ratio": "1", "alert_drift_above": None})
+    assert dag_run.state == "success", _states(dag_run)
+    assert cached_balance(ledger, 29) - ledger_sum(ledger, 29) == PLANTED[29]
+    assert _events(ledger, 29)[-1]["action"] == "review_timeout"
+    [alert] = [a["json"] for a in webhook.received]
+    assert alert["kind"] == "review" and "no answer within the approval timeout" in alert["text"]
+    assert alert["details"]["review"]["timed_out"] is True
