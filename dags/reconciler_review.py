@@ -21,6 +21,9 @@ from reconciler_airflow import ledger_engine, run_id_of
 
 #: Who may approve (comma-separated Airflow user names); for scheduled runs the only ones who may.
 APPROVERS_ENV = "RECONCILER_APPROVERS"
+#: "off" skips the approval step (e.g. `make demo`, which has no one to answer): reviews then go through the
+#: command line (`reconciler tasks resolve`), under the same four-eyes rule.
+REVIEW_ENV = "RECONCILER_REVIEW"
 APPROVE_ALL = "Approve all"
 APPROVE_SELECTED = "Approve selected"
 REJECT = "Reject"
@@ -88,6 +91,8 @@ class FourEyesReview(HITLOperator):
     def execute(self, context: Any) -> Any:
         from reconciler import approvals, pipeline
 
+        if os.environ.get(REVIEW_ENV, "on").strip().lower() in ("off", "0", "false", "no"):
+            raise AirflowSkipException(f"{REVIEW_ENV}=off: review the corrections with `reconciler tasks resolve`")
         run = run_id_of(context)
         if run is None:
             raise AirflowFailException("no reconciler run recorded for this DAG run")
