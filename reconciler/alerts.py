@@ -14,19 +14,21 @@ import html
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, func, select
 
+from reconciler.corrections import BUSY_RUNS_CALLOUT
 from reconciler.errors import InvalidOperationError
 from reconciler.money import format_money, to_money
+from reconciler.row_locks import format_lockers
 from reconciler.schema import runs
 
 #: Alert when a run found more absolute drift than this in total (configurable per run).
 DEFAULT_ALERT_DRIFT_ABOVE = Decimal("1000.00")
 #: The watchdog alerts when no run has succeeded for longer than this.
 DEFAULT_MAX_AGE = dt.timedelta(hours=26)
-ALERT_KINDS = ("halted", "failed", "drift", "review", "stale")
+ALERT_KINDS = ("halted", "failed", "drift", "busy", "review", "stale")
 SOURCE = "reconciler"
 #: The labels of an alert's links, in the order messages show them.
 LINK_LABELS = {"run": "Airflow run", "log": "Log", "report": "Report"}
@@ -106,6 +108,24 @@ class RunOutcome(Protocol):
     def report_path(self) -> str | None: ...
     @property
     def error(self) -> str | None: ...
+    @property
+    def busy(self) -> list[dict[str, Any]]: ...
+
+
+def _long_busy(summary: RunOutcome) -> list[dict[str, Any]]:
+    return [item for item in summary.busy if int(item.get("runs_in_a_row") or 1) >= BUSY_RUNS_CALLOUT]
+
+
+def _busy_line(summary: RunOutcome) -> str:
+    """The customers busy for BUSY_RUNS_CALLOUT runs in a row or more, called out by name."""
+    long_busy = _long_busy(summary)
+    if not long_busy:
+        return ""
+    named = "; ".join(f"customer {item.get('customer_id')} for {item.get('runs_in_a_row')} runs, locked by "
+                      f"{format_lockers(item.get('lockers') or [])}" for item in long_busy[:10])
+    more = f" and {len(long_busy) - 10} more" if len(long_busy) > 10 else ""
+    return (f" Corrections skipped because another session held the row lock, run after run: {named}{more}. "
+            f"Find and end the session holding the lock.")
 
 
 def _outcome_details(summary: RunOutcome) -> dict[str, object]:
@@ -113,7 +133,7 @@ def _outcome_details(summary: RunOutcome) -> dict[str, object]:
             "drift_count": summary.drift_count, "corrected": summary.corrected,
             "needs_review": summary.needs_review, "open": summary.open,
             "total_abs_drift": str(summary.total_abs_drift), "halted_reason": summary.halted_reason,
-            "error": summary.error, "report_path": summary.report_path}
+            "error": summary.error, "report_path": summary.report_path, "busy": summary.busy}
 
 
 def _counts_line(summary: RunOutcome) -> str:
@@ -127,12 +147,13 @@ def alert_for_summary(summary: RunOutcome, *, drift_above: Decimal | None = DEFA
     """The alert a finished run deserves, or None for a run finance need not hear about.
 
     Halted and failed runs always alert; a succeeded run alerts when the absolute drift it found exceeds
-    ``drift_above`` (strictly; ``None`` disables that check), or when the four-eyes review of its
-    ``needs_review`` tasks got no answer in time or an answer that was refused (nothing was corrected). The review's
-    outcome, when there was one, is part of every alert's text and details.
+    ``drift_above`` (strictly; ``None`` disables that check), when a customer's correction has been skipped as
+    busy for :data:`BUSY_RUNS_CALLOUT` runs in a row, or when the four-eyes review of its ``needs_review``
+    tasks got no answer in time or an answer that was refused (nothing was corrected). Every message calls out
+    busy customers and the review's outcome, when there was one.
     """
     details = _outcome_details(summary)
-    report = f" Report: {summary.report_path}." if summary.report_path else ""
+    report = _busy_line(summary) + (f" Report: {summary.report_path}." if summary.report_path else "")
     if review is not None:
         details["review"] = review.to_json()
         report = f" {review.describe()}{report}"
@@ -157,6 +178,11 @@ def alert_for_summary(summary: RunOutcome, *, drift_above: Decimal | None = DEFA
                                f"correction{'s' if review.pending != 1 else ''} {what}",
                      f"{_counts_line(summary)}{report} Review them with `reconciler tasks list --status needs_review` "
                      f"and `reconciler tasks resolve`, or in the next run's approval step.", summary.run_id, details)
+    long_busy = _long_busy(summary)
+    if long_busy:
+        return Alert("busy", f"Reconciliation run {summary.run_id}: {len(long_busy)} customer(s) locked by another "
+                             f"session for {BUSY_RUNS_CALLOUT}+ runs in a row",
+                     f"{_counts_line(summary)}{report}", summary.run_id, details)
     return None
 
 

@@ -3,12 +3,12 @@
 Invariant: a task whose drift is above its run's auto-correct limit (it went to ``needs_review``) is corrected
 only when a person other than the one who proposed it approves; the proposer is whoever triggered a run that
 saw the drift (recorded on the run as ``outcome.triggered_by``; a scheduled run has none). Approved tasks
-are corrected through :func:`reconciler.tasks.resolve_task` (the balance core, re-verified under the row lock),
-the approver recorded as ``approved_by`` in the task's events. A rejected task stays ``needs_review`` with a
-``reject`` event (approver and note): the drift is real until someone corrects or dismisses it, so it is never
-closed silently, and it is offered again at the next run's review. A review nobody answered in time corrects
-nothing and appends a ``review_timeout`` event. Deciding is pure; the three writers at the end use the
-existing task events (no table of their own).
+are corrected through :func:`reconciler.correction_executor.resolve_task` (the balance core, re-verified
+under the row lock), the approver recorded as ``approved_by`` in the task's events. A rejected task stays
+``needs_review`` with a ``reject`` event (approver and note): the drift is real until someone corrects or
+dismisses it, so it is never closed silently, and it is offered again at the next run's review. A review
+nobody answered in time corrects nothing and appends a ``review_timeout`` event. Deciding is pure; the
+writers at the end use the existing task events (no table of their own).
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from sqlalchemy import Engine, select
 
 from reconciler import runs, tasks
 from reconciler.alerts import ReviewOutcome
-from reconciler.corrections import DEFAULT_POLICY
+from reconciler.correction_executor import Resolved, resolve_task
 from reconciler.errors import FourEyesError, InvalidOperationError
 from reconciler.money import format_money, to_money
 from reconciler.schema import runs as runs_table
+from reconciler.vocabulary import DEFAULT_POLICY
 
 DEFAULT_AUTO_CORRECT_LIMIT = Decimal("100.00")
 #: Where a run records the person who triggered it (``reconciler.runs.outcome``).
@@ -119,9 +120,9 @@ def proposers_of(engine: Engine, task: tasks.TaskView) -> set[str]:
 
 
 def resolve_with_four_eyes(engine: Engine, task_id: int, action: str, by: str, note: str,
-                           policy: str = DEFAULT_POLICY, *, approvers: Sequence[str] = ()) -> tasks.Resolved:
-    """:func:`reconciler.tasks.resolve_task`, refusing (:class:`FourEyesError`, nothing written) to ``correct``
-    a task above its run's auto-correct limit on the word of the person who proposed it."""
+                           policy: str = DEFAULT_POLICY, *, approvers: Sequence[str] = ()) -> Resolved:
+    """:func:`reconciler.correction_executor.resolve_task`, refusing (:class:`FourEyesError`, nothing written)
+    to ``correct`` a task above its run's auto-correct limit on the word of the person who proposed it."""
     if action == "correct":
         with engine.connect() as conn:
             task = tasks.get_task(conn, task_id)
@@ -130,7 +131,7 @@ def resolve_with_four_eyes(engine: Engine, task_id: int, action: str, by: str, n
             check_four_eyes(by, proposers, approvers=approvers,
                             what=f"the correction of task {task_id} (drift {format_money(task.drift)} above the "
                                  f"auto-correct limit {format_money(limit)})")
-    return tasks.resolve_task(engine, task_id, action, by, note, policy)
+    return resolve_task(engine, task_id, action, by, note, policy)
 
 
 def review_candidates(engine: Engine, run_id: int) -> list[tasks.TaskView]:
@@ -166,7 +167,7 @@ def apply_review(engine: Engine, run_id: int, decision: ReviewDecision, *, propo
     note = decision.note.strip() or "approved in the run's review"
     approved = 0
     for task_id in decision.approve:
-        resolved = tasks.resolve_task(engine, task_id, "correct", decision.approver, note, policy)
+        resolved = resolve_task(engine, task_id, "correct", decision.approver, note, policy)
         approved += 0 if resolved.task.unresolved else 1
     with engine.begin() as conn:
         for task_id in decision.reject:

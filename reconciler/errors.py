@@ -7,6 +7,8 @@ expected, and what to do next.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ReconcilerError(Exception):
     """Raised for every failure the product reports to its callers; catch this for all of them."""
@@ -41,12 +43,27 @@ class IdempotencyConflictError(ReconcilerError):
     """Raised when an idempotency key is reused for a different customer, amount or kind."""
 
 
+class CustomerBusyError(ReconcilerError):
+    """Raised when a correction asked not to wait finds the customer's row locked by another session; nothing
+    was written. ``lockers`` are the sessions seen holding the lock (:class:`reconciler.row_locks.RowLocker`)."""
+
+    def __init__(self, message: str, customer_id: int, lockers: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.customer_id = customer_id
+        self.lockers = lockers
+
+
 class TransientDatabaseError(ReconcilerError):
     """Raised when serialization failures or deadlocks persist after the bounded retries."""
 
 
 class DatabaseUnavailableError(ReconcilerError):
     """Raised when the configured database cannot be reached; the message names it without its password."""
+
+
+class DatabaseLostError(DatabaseUnavailableError):
+    """Raised when the database went away in the middle of a command or a run step; the message is ONE line:
+    what was lost, which database (without its password), and that rerunning is safe."""
 
 
 class TaskNotFoundError(ReconcilerError, LookupError):
@@ -85,6 +102,12 @@ class RunFailedError(ReconcilerError):
     def __init__(self, message: str, run_id: int) -> None:
         super().__init__(message)
         self.run_id = run_id
+
+
+class UnknownEntryKindError(InvalidOperationError):
+    """Raised when a ledger entry's kind is not in the list of entry kinds (unknown, with surrounding
+    whitespace, or longer than the list allows); the message lists the allowed kinds and where to add one,
+    and nothing is written."""
 
 
 class FourEyesError(ReconcilerError):

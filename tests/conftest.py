@@ -15,4 +15,4 @@ os.environ["XDG_RUNTIME_DIR"] = str(_XDG)
 os.environ["RECONCILER_HOME"] = str(_RUN_DIR / "home")
 os.environ.pop("RECONCILER_DATABASE_URL", None)
 
-pytest_plugins = ["tests.fix_db", "tests.fix_steps", "tests.fix_http", "tests.dags.fix_hitl"]
+pytest_plugins = ["tests.fix_db", "tests.fix_steps", "tests.fix_http", "tests.fix_hitl"]

@@ -7,13 +7,24 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.cli.app import Action, ExitCode, Policy, TaskStatus, emit_json, fail, open_engine, tasks_app
+from reconciler.cli.app import (
+    Action,
+    ExitCode,
+    Policy,
+    TaskStatus,
+    emit_json,
+    exits_when_database_lost,
+    fail,
+    open_engine,
+    tasks_app,
+)
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from reconciler.tasks import Resolved, TaskView
+    from reconciler.correction_executor import Resolved
+    from reconciler.tasks import TaskView
 
 #: Columns when stdout is not a terminal (rich would assume 80 and squeeze the table).
 WIDE = 160
@@ -120,8 +131,12 @@ def resolve_command(
 
     engine = _engine()
     try:
-        # Above the auto-correct limit, --by must name someone other than the person who triggered the run.
-        resolved = resolve_with_four_eyes(engine, int(task_id), action.value, by, note, policy.value)
+        with exits_when_database_lost(engine, f"resolving task {task_id} (a correction re-verifies under the "
+                                              f"row lock and is keyed by the task, so it applies at most once)"):
+            # Above the auto-correct limit, --by must name someone other than the person who triggered the run.
+            resolved = resolve_with_four_eyes(engine, int(task_id), action.value, by, note, policy.value)
+    except DatabaseUnavailableError as exc:
+        fail(str(exc), ExitCode.FAILED)
     except ReconcilerError as exc:
         fail(str(exc), ExitCode.USAGE)
     finally:

@@ -183,3 +183,15 @@ def test_json_has_exact_decimal_strings() -> None:
 def test_scope_is_described_in_words(params: dict[str, object], text: str) -> None:
     """The run's scope reads plainly from its parameters."""
     assert describe_scope(params) == text
+
+
+def test_busy_customers_are_listed_longest_busy_first_and_called_out() -> None:
+    """The run's busy customers reach the model and summary.json, longest busy first, with the lock holder;
+    three runs in a row or more is called out."""
+    busy = [{"customer_id": 9, "task_id": 3, "runs_in_a_row": 1, "lockers": []},
+            {"customer_id": 8, "task_id": 2, "runs_in_a_row": 3,
+             "lockers": [{"pid": 77, "application_name": "billing", "state": "idle in transaction"}]}]
+    model = build_report_model(_input(run=_run(outcome={"busy": busy})))
+    assert [(b.customer_id, b.runs_in_a_row, b.called_out) for b in model.busy] == [(8, 3, True), (9, 1, False)]
+    assert model.busy[0].lockers == "pid 77 (billing)"
+    assert model.to_json()["busy"][1]["lockers"] == "a session that could not be identified"  # type: ignore[index]
