@@ -21,9 +21,9 @@ from decimal import Decimal
 
 from sqlalchemy import Engine, select
 
-from reconciler import runs, tasks
+from reconciler import correction_executor, runs, tasks
 from reconciler.alerts import ReviewOutcome
-from reconciler.correction_executor import Resolved, resolve_task
+from reconciler.correction_executor import Resolved
 from reconciler.errors import FourEyesError, InvalidOperationError
 from reconciler.money import format_money, to_money
 from reconciler.schema import runs as runs_table
@@ -131,7 +131,7 @@ def resolve_with_four_eyes(engine: Engine, task_id: int, action: str, by: str, n
             check_four_eyes(by, proposers, approvers=approvers,
                             what=f"the correction of task {task_id} (drift {format_money(task.drift)} above the "
                                  f"auto-correct limit {format_money(limit)})")
-    return resolve_task(engine, task_id, action, by, note, policy)
+    return correction_executor.resolve_task(engine, task_id, action, by, note, policy)
 
 
 def review_candidates(engine: Engine, run_id: int) -> list[tasks.TaskView]:
@@ -167,7 +167,7 @@ def apply_review(engine: Engine, run_id: int, decision: ReviewDecision, *, propo
     note = decision.note.strip() or "approved in the run's review"
     approved = 0
     for task_id in decision.approve:
-        resolved = resolve_task(engine, task_id, "correct", decision.approver, note, policy)
+        resolved = correction_executor.resolve_task(engine, task_id, "correct", decision.approver, note, policy)
         approved += 0 if resolved.task.unresolved else 1
     with engine.begin() as conn:
         for task_id in decision.reject:

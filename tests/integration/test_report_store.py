@@ -35,12 +35,13 @@ def _stored_docs(engine: Engine, run_id: int) -> set[str]:
                                      "where run_id = :r"), {"r": run_id}).scalars())
 
 
-def test_a_run_files_its_report_and_data_docs_in_a_memory_store(ledger: Engine,
+def test_a_run_files_its_report_and_data_docs_in_a_memory_store(ledger: Engine, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """With RECONCILER_REPORTS_URL=memory://..., the run's report and Data Docs are in the store (nothing in the
     local home), the run's report_path is the store URL, and the report links to the Data Docs beside it."""
     base = f"memory://reports-{uuid.uuid4().hex}"
     monkeypatch.setenv("RECONCILER_REPORTS_URL", base)
+    monkeypatch.setenv("RECONCILER_HOME", str(tmp_path / "home"))
     summary = run_reconciliation(ledger, RunOptions(max_drift_ratio=Decimal("1")))
     location = f"{base}/run-{summary.run_id}"
     assert summary.report_path == location
