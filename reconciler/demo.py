@@ -83,7 +83,8 @@ PLANT_KINDS = (AROUND, MISSING, DUPLICATED, SIGN_FLIPPED, UNAPPLIED)
 
 APPEND_ONLY_TRIGGERS = ("reconciler_append_only", "reconciler_append_only_truncate")
 RECONCILER_RUN_TABLES = ("reconciler.findings", "reconciler.run_chunks", "reconciler.quality_results",
-                         "reconciler.tasks", "reconciler.runs", "reconciler.demo_plants")
+                         "reconciler.tasks", "reconciler.runs", "reconciler.demo_plants",
+                         "reconciler.bypass_writes")
 
 _PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _BASE_US = int((BASE_TIME - _PG_EPOCH).total_seconds()) * 1_000_000

@@ -19,7 +19,7 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy import text as sql_text
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
 
 SCHEMA = "reconciler"
 MONEY = Numeric(18, 2, asdecimal=True)
@@ -159,11 +159,40 @@ demo_plants = Table(
     schema=SCHEMA,
 )
 
+#: Writes made around the balance core, as the guard recorded them (migration 0006; ``reconciler/guard.py``).
+#: No foreign key to customers: the guard never waits on a customer's row lock.
+bypass_writes = Table(
+    "bypass_writes",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("txid", BigInteger, nullable=False),
+    Column("table_name", Text, nullable=False),
+    Column("operation", Text, nullable=False),
+    Column("customer_id", BigInteger),
+    Column("old_balance", MONEY),
+    Column("new_balance", MONEY),
+    Column("delta", Numeric(20, 2, asdecimal=True)),
+    Column("entry_id", BigInteger),
+    Column("amount", MONEY),
+    Column("application_name", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("client_addr", INET),
+    Column("backend_pid", Integer, nullable=False),
+    Column("statement", Text),
+    Column("fingerprint", Text),
+    Column("breaks_ledger", Boolean),
+    Column("refused", Boolean, nullable=False),
+    Index("ix_bypass_writes_at", "at"),
+    Index("ix_bypass_writes_customer", "customer_id", "txid"),
+    schema=SCHEMA,
+)
+
 RUN_STATUSES = ("running", "succeeded", "failed", "halted")
 RUN_TRIGGERS = ("scheduled", "manual", "cli")
 TASK_STATUSES = ("open", "needs_review", "corrected", "dismissed")
 UNRESOLVED_STATUSES = ("open", "needs_review")
-TASK_SOURCES = ("run", "realtime")
+TASK_SOURCES = ("run", "realtime", "bypass")
 
 #: The balance core's reconciliation log (migration 0002): one row per ``reconcile_balance`` call, with
 #: old and new values; it is also the idempotency record of a reconciliation and the anchor of the

@@ -137,6 +137,55 @@ def open_tasks_from_findings(conn: Connection, run_id: int, first_id: int, last_
     return opened, len(rows) - opened
 
 
+# ---- opened by the guard at the commit of a write around the core (reconciler.guard) -------------------------
+
+#: A task keeps at most this many bypass writes as evidence, and the guard stops adding events at this many,
+#: so a hot writer cannot grow one task without bound (every write stays in ``reconciler.bypass_writes``).
+MAX_TASK_WRITERS = 20
+MAX_TASK_EVENTS = 100
+
+#: The PL/pgSQL statement the guard's commit check (``reconciler.guard_check_ledger``) runs when a write around
+#: the core broke a customer's ledger: open the customer's task with ``source = 'bypass'``, the bypass rows as
+#: evidence and an ``open`` event, or update its unresolved one with an ``update`` event (the same
+#: one-unresolved-task rule). It reads the check's variables: ``new`` (the ``bypass_writes`` row), ``stored``
+#: (the balance), ``total`` (the ledger sum), ``ledger`` (the sum, or the chain's last balance_after when only the
+#: chain broke), ``probable`` (the cause), ``writer`` (jsonb), ``story`` (text) and ``ids`` (bigint[]).
+BYPASS_TASK_UPSERT = f"""
+insert into reconciler.tasks as t
+    (customer_id, stored_balance, ledger_sum, drift, status, source, cause, evidence, resolution)
+values (new.customer_id, stored, ledger, stored - ledger, 'open', 'bypass', probable,
+        jsonb_build_object('check', 'bypass', 'bypass_write_ids', to_jsonb(ids),
+                           'writers', jsonb_build_array(writer), 'summary', story,
+                           'ledger_sum_is', case when stored <> total then 'the ledger sum'
+                                                 else 'the chain''s last balance_after' end),
+        jsonb_build_object('events', jsonb_build_array(jsonb_build_object(
+            'at', now(), 'by', 'reconciler guard', 'action', 'open', 'from', null, 'to', 'open',
+            'note', 'a write around the core broke the ledger', 'run_id', null,
+            'values', jsonb_build_object('stored_balance', stored::text, 'ledger_sum', ledger::text,
+                                         'drift', (stored - ledger)::text, 'cause', probable,
+                                         'bypass_write_ids', to_jsonb(ids))))))
+on conflict (customer_id) where status in ('open', 'needs_review') do update set
+    stored_balance = excluded.stored_balance, ledger_sum = excluded.ledger_sum, drift = excluded.drift,
+    updated_at = now(),
+    evidence = case
+        when jsonb_array_length(coalesce(t.evidence -> 'writers', '[]'::jsonb)) >= {MAX_TASK_WRITERS}
+        then t.evidence  -- a hot writer: the rest is in reconciler.bypass_writes
+        else coalesce(t.evidence, '{{}}'::jsonb) || jsonb_build_object(
+            'bypass_write_ids', coalesce(t.evidence -> 'bypass_write_ids', '[]'::jsonb) || to_jsonb(ids),
+            'writers', coalesce(t.evidence -> 'writers', '[]'::jsonb) || jsonb_build_array(writer)) end,
+    resolution = case
+        when jsonb_array_length(coalesce(t.resolution -> 'events', '[]'::jsonb)) >= {MAX_TASK_EVENTS}
+        then t.resolution
+        else jsonb_set(t.resolution, '{{events}}', coalesce(t.resolution -> 'events', '[]'::jsonb)
+        || jsonb_build_array(jsonb_build_object(
+            'at', now(), 'by', 'reconciler guard', 'action', 'update', 'from', t.status, 'to', t.status,
+            'note', 'a write around the core changed the drift', 'run_id', null,
+            'values', jsonb_build_object('old_drift', t.drift::text, 'drift', excluded.drift::text,
+                                         'stored_balance', excluded.stored_balance::text,
+                                         'ledger_sum', excluded.ledger_sum::text,
+                                         'bypass_write_ids', to_jsonb(ids))))) end;"""
+
+
 _DISMISS_VANISHED = text(f"""
 with current as (
     select t.id, c.balance,
