@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import BigInteger
 
-from reconciler import runs, tasks
+from reconciler import change_feed, runs, tasks
 from reconciler.chunks import Chunk, fetch_chunks
 from reconciler.compare import Drift, compare_chunk
 from reconciler.corrections import (
@@ -159,6 +159,8 @@ _PARSERS: dict[str, Callable[[object, str], object]] = {
     "max_drift_ratio": _ratio,
     "dry_run": _flag,
     "workers": lambda v, label: _integer(v, label, low=1, high=MAX_WORKERS),
+    "mode": lambda v, label: change_feed.check_mode(v, name=label),
+    "full_sweep_days": lambda v, label: _integer(v, label, low=1, high=3650),
 }
 
 
@@ -177,6 +179,10 @@ class RunOptions:
     max_drift_ratio: Decimal = DEFAULT_MAX_DRIFT_RATIO
     dry_run: bool = False
     workers: int = DEFAULT_WORKERS
+    #: full (every customer in scope) or incremental (the customers touched since the verified point).
+    mode: str = change_feed.DEFAULT_MODE
+    #: Scheduled runs: an incremental run is full when the last full sweep is this many days old.
+    full_sweep_days: int | None = None
 
     def __post_init__(self) -> None:
         for key, value in _normalise({f.name: getattr(self, f.name) for f in fields(self)}, {}).items():
@@ -254,15 +260,30 @@ class RunSummary:
     error: str | None = None
     dry_run: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)
+    mode: str | None = None
+    mode_reason: str | None = None
+    verified_from: str | None = None
+    verified_to: str | None = None
 
     def to_json(self) -> dict[str, object]:
         """JSON-able, decimals as strings."""
         return {
+            "mode": self.mode, "mode_reason": self.mode_reason, "verified_from": self.verified_from,
+            "verified_to": self.verified_to, "scope": self.scope,
             "run_id": self.run_id, "status": self.status, "customers_checked": self.customers_checked,
             "drift_count": self.drift_count, "corrected": self.corrected, "needs_review": self.needs_review,
             "open": self.open, "total_abs_drift": str(self.total_abs_drift), "halted_reason": self.halted_reason,
             "report_path": self.report_path, "error": self.error, "dry_run": self.dry_run, "busy": self.busy,
         }
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        """What the run compared: for an incremental run, touched customers and those with unresolved tasks."""
+        feed = self.details.get("feed")
+        scope: dict[str, Any] = {"customers_checked": self.customers_checked}
+        if isinstance(feed, Mapping):
+            scope.update({key: feed[key] for key in ("touched", "with_unresolved_tasks") if key in feed})
+        return scope
 
     @property
     def busy(self) -> list[dict[str, Any]]:
@@ -308,7 +329,8 @@ def _summary(conn: Connection, run_id: int) -> RunSummary:
         needs_review=int(counts.get("needs_review", 0)), open=int(counts.get("open", 0)),
         total_abs_drift=totals.total_abs_drift, halted_reason=outcome.get("halted_reason"),
         report_path=outcome.get("report_path"), error=row["error"], dry_run=bool(params.get("dry_run", False)),
-        details=dict(outcome),
+        details=dict(outcome), mode=row["mode"], mode_reason=row["mode_reason"],
+        verified_from=row["verified_from"], verified_to=row["verified_to"],
     )
 
 
@@ -384,8 +406,13 @@ def _chunk_dict(row: Any) -> dict[str, int]:
             "last_id": int(row.last_id), "customers": int(row.planned_customers)}
 
 
-def plan_run(engine: Engine, run_id: int) -> list[dict[str, int]]:
-    """Plan the run's chunks (stored in ``run_chunks``); a second call returns the stored plan."""
+def plan_run(engine: Engine, run_id: int, *, read_engine: Engine | None = None) -> list[dict[str, int]]:
+    """Plan the run's chunks (stored in ``run_chunks``); a second call returns the stored plan.
+
+    The run's mode is decided here (:func:`reconciler.change_feed.decide_mode`) and recorded with its reason.
+    An incremental run's chunks hold only the customers touched since the verified point (and those with
+    unresolved tasks); a run that covers everyone (incremental, or full without a range or ids) takes the
+    snapshot it will verify before anything is compared, on ``read_engine`` when comparisons read there."""
     with engine.begin() as conn:
         _local_timeouts(conn)
         runs.require_running(conn, run_id)
@@ -395,19 +422,58 @@ def plan_run(engine: Engine, run_id: int) -> list[dict[str, int]]:
         if stored:
             return [_chunk_dict(r) for r in stored]
         options = _options(row)
-        planned = fetch_chunks(conn, options.chunk_size, from_id=options.from_id, to_id=options.to_id,
-                               customer_ids=options.customer_ids)
+        planned, chunk_ids = _plan_scope(conn, read_engine or engine, run_id, options)
         if planned:
             conn.execute(insert(run_chunks), [
                 {"run_id": run_id, "chunk_index": c.index, "first_id": c.first_id, "last_id": c.last_id,
-                 "planned_customers": c.customers, "status": "planned"} for c in planned])
+                 "planned_customers": c.customers, "status": "planned",
+                 "customer_ids": list(chunk_ids[c.index]) if chunk_ids is not None else None} for c in planned])
         runs.store_totals(conn, run_id, runs.Totals(len(planned), 0, 0, 0, ZERO))
         return [{"run_id": run_id, "chunk_index": c.index, "first_id": c.first_id, "last_id": c.last_id,
                  "customers": c.customers} for c in planned]
 
 
-def _find_drifts(conn: Connection, chunk: Chunk, options: RunOptions) -> tuple[list[Drift], dict[int, Explanation]]:
-    drifts = compare_chunk(conn, chunk, options.tolerance, customer_ids=options.customer_ids)
+def _plan_scope(conn: Connection, read_engine: Engine, run_id: int,
+                options: RunOptions) -> tuple[list[Chunk], list[tuple[int, ...]] | None]:
+    """Decide the mode, record it, and plan the chunks; incremental chunks come with their customer ids."""
+    restricted = options.customer_ids is not None or options.from_id is not None or options.to_id is not None
+    state = change_feed.read_state(conn)
+    decision = change_feed.decide_mode(options.mode, state, full_sweep_days=options.full_sweep_days,
+                                       restricted=restricted)
+    with read_engine.connect() as reader:
+        reader = reader.execution_options(isolation_level="REPEATABLE READ")
+        with reader.begin():
+            if decision.mode == "incremental":
+                assert state.point is not None
+                scope = change_feed.read_scope(reader, state.point)
+                snapshot = scope.snapshot
+                if scope.truncated:
+                    decision = change_feed.ModeDecision(
+                        "full", "incremental requested, ran full: a TRUNCATE since the last verified point")
+            else:
+                snapshot = change_feed.take_snapshot(reader)
+    # Only a run over everyone, with the feed complete, may verify its snapshot (see finish_run).
+    feed: dict[str, object] = {"snapshot": None if restricted or not state.complete else snapshot,
+                               "trigger_oids": list(state.trigger_oids)}
+    if decision.mode == "incremental":
+        groups = change_feed.split_ids(scope.customer_ids, options.chunk_size)
+        feed.update(touched=scope.touched, with_unresolved_tasks=scope.with_tasks)
+        planned = [Chunk(index=i, first_id=g[0], last_id=g[-1], customers=len(g)) for i, g in enumerate(groups)]
+        chunk_ids: list[tuple[int, ...]] | None = groups
+    else:
+        planned = fetch_chunks(conn, options.chunk_size, from_id=options.from_id, to_id=options.to_id,
+                               customer_ids=options.customer_ids)
+        chunk_ids = None
+    runs.record_mode(conn, run_id, decision.mode, decision.reason,
+                     verified_from=state.point if decision.mode == "incremental" else None)
+    runs.merge_outcome(conn, run_id, {"feed": feed})
+    return planned, chunk_ids
+
+
+def _find_drifts(conn: Connection, chunk: Chunk, options: RunOptions,
+                 customer_ids: Sequence[int] | None = None) -> tuple[list[Drift], dict[int, Explanation]]:
+    drifts = compare_chunk(conn, chunk, options.tolerance,
+                           customer_ids=customer_ids if customer_ids is not None else options.customer_ids)
     return drifts, (explain_drifts(conn, drifts) if drifts else {})
 
 
@@ -426,8 +492,9 @@ def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions,
                     "drift_count": int(row.drift_count)}
         chunk = Chunk(index=chunk_index, first_id=int(row.first_id), last_id=int(row.last_id),
                       customers=int(row.planned_customers))
+        ids = list(row.customer_ids) if row.customer_ids is not None else None  # an incremental chunk
         if read_engine is None:
-            drifts, explanations = _find_drifts(conn, chunk, options)
+            drifts, explanations = _find_drifts(conn, chunk, options, ids)
         else:
             # A replica may lag: that can delay a finding, never cause a wrong write, because every correction
             # re-verifies on the primary under the row lock. One snapshot for compare and explain.
@@ -435,7 +502,7 @@ def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions,
                 replica = replica.execution_options(isolation_level="REPEATABLE READ")
                 with replica.begin():
                     _local_timeouts(replica)
-                    drifts, explanations = _find_drifts(replica, chunk, options)
+                    drifts, explanations = _find_drifts(replica, chunk, options, ids)
         if drifts:
             staged = []
             for drift in drifts:
@@ -504,6 +571,15 @@ class Span:
     first_id: int
     last_id: int
     compared_at: dt.datetime
+    #: An incremental run's spans hold only the customers their chunks compared.
+    customer_ids: tuple[int, ...] | None = None
+
+
+def _span(rows: Sequence[Any]) -> Span:
+    ids = None
+    if any(getattr(r, "customer_ids", None) is not None for r in rows):
+        ids = tuple(sorted({int(i) for r in rows for i in (getattr(r, "customer_ids", None) or ())}))
+    return Span(int(rows[0].first_id), int(rows[-1].last_id), min(r.compared_at for r in rows), ids)
 
 
 def group_spans(chunk_rows: Sequence[Any], max_customers: int = TASK_SPAN_CUSTOMERS) -> list[Span]:
@@ -514,11 +590,11 @@ def group_spans(chunk_rows: Sequence[Any], max_customers: int = TASK_SPAN_CUSTOM
     for row in chunk_rows:
         if current and (row.chunk_index != current[-1].chunk_index + 1
                         or sum(int(r.planned_customers) for r in current) + int(row.planned_customers) > max_customers):
-            spans.append(Span(int(current[0].first_id), int(current[-1].last_id), min(r.compared_at for r in current)))
+            spans.append(_span(current))
             current = []
         current.append(row)
     if current:
-        spans.append(Span(int(current[0].first_id), int(current[-1].last_id), min(r.compared_at for r in current)))
+        spans.append(_span(current))
     return spans
 
 
@@ -535,7 +611,9 @@ def open_run_tasks(engine: Engine, run_id: int) -> dict[str, int]:
             runs.require_running(conn, run_id)
             tasks.open_tasks_from_findings(conn, run_id, span.first_id, span.last_id)
             tasks.dismiss_vanished(conn, run_id, span.first_id, span.last_id, compared_at=span.compared_at,
-                                   tolerance=options.tolerance, customer_ids=options.customer_ids)
+                                   tolerance=options.tolerance,
+                                   customer_ids=span.customer_ids if span.customer_ids is not None
+                                   else options.customer_ids)
             runs.heartbeat(conn, run_id, min_interval=HEARTBEAT_INTERVAL)
     with engine.begin() as conn:
         row = conn.execute(text("""
@@ -748,6 +826,14 @@ def finish_run(engine: Engine, run_id: int) -> RunSummary:
         status = "halted" if outcome.get("halted_reason") else "succeeded"
         runs.merge_outcome(conn, run_id, {"task_counts": tasks.status_counts(conn, run_id)})
         runs.finish(conn, run_id, status, totals)
+        feed: Mapping[str, Any] = outcome.get("feed") or {}
+        snapshot = feed.get("snapshot")
+        now = change_feed.read_state(conn)
+        # The run compared everyone it had to up to its snapshot, and the same feed triggers were there all
+        # along (a feed reinstalled meanwhile may have missed writes): that snapshot is now verified.
+        if snapshot and now.complete and list(now.trigger_oids) == list(feed.get("trigger_oids") or []):
+            change_feed.advance(conn, snapshot, run_id)
+            runs.record_verified(conn, run_id, snapshot)
         return _summary(conn, run_id)
 
 

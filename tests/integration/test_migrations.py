@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from reconciler import migrate
 from reconciler.db import make_engine
 
-HEAD = "0006"
+HEAD = "0009"
 
 
 @pytest.fixture
