@@ -316,3 +316,11 @@ def split_ids(ids: Sequence[int], chunk_size: int) -> list[tuple[int, ...]]:
     """Sorted ids in consecutive groups of at most ``chunk_size`` (pure)."""
     ordered = sorted(set(ids))
     return [tuple(ordered[i:i + chunk_size]) for i in range(0, len(ordered), chunk_size)]
+
+
+def requested_mode(param: object, trigger: str, environ: dict[str, str] | None = None) -> tuple[str, int | None]:
+    """``(mode, full_sweep_days)`` for an orchestrated run (pure but for the environment): an empty ``mode``
+    Param means incremental for a scheduled run and full for a manual one; scheduled runs get the periodic
+    full sweep (``RECONCILER_FULL_SWEEP_DAYS``), manual ones do exactly what was asked."""
+    mode = ("incremental" if trigger == "scheduled" else "full") if param in (None, "") else check_mode(param)
+    return mode, (full_sweep_days_from_env(environ) if trigger == "scheduled" else None)

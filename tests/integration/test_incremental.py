@@ -292,3 +292,30 @@ def test_incremental_runs_agree_with_a_full_run_over_random_interleavings(
         else:
             write_around_core(engine, kind, customer_id, D(amount))
     assert {c for c, drifts in verdict.items() if drifts} == drifting_now(engine) & set(ids)
+
+
+def test_cli_incremental_without_the_guard_says_so_in_one_line(database_env: URL) -> None:
+    """`run --incremental --json` without the guard runs full, prints one line on stderr (not an error) and
+    the JSON carries mode, mode_reason, customers_checked and the verified points."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from reconciler.cli import app
+    from reconciler.db import make_engine
+
+    engine = make_engine(database_env)
+    try:
+        for customer_id in (1, 2, 3):
+            make_customer(engine, customer_id)
+    finally:
+        engine.dispose()
+    result = CliRunner().invoke(app, ["run", "--incremental", "--json"])
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["mode"] == "full" and "guard is off" in payload["mode_reason"]
+    assert payload["customers_checked"] == 3 and payload["verified_from"] is None
+    assert [line for line in result.stderr.splitlines() if "incremental requested" in line] == [
+        f"reconciler: {payload['mode_reason']}"]
+    default = json.loads(CliRunner().invoke(app, ["run", "--json"]).stdout)
+    assert default["mode"] == "full" and default["mode_reason"] == "full requested"
