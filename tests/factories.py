@@ -109,3 +109,16 @@ def write_around_core(engine: Engine, route: str, customer_id: int, amount: str 
                 copy.write_row((customer_id, money, "legacy-import"))
         else:
             raise ValueError(f"unknown route {route!r}; one of {', '.join(BYPASS_ROUTES)}")
+
+
+def make_monthly_ledger(engine: Engine, customer_ids: range, months: int = 12, amount: str = "10.00") -> None:
+    """Customers with one entry per month of 2026 (created_at on the 15th, so a monthly partitioned ledger
+    spreads them over ``months`` partitions), a balance_after chain and the matching cached balance."""
+    money = Decimal(amount)
+    with engine.begin() as conn:
+        conn.execute(insert(customers), [{"id": i, "balance": money * months} for i in customer_ids])
+        conn.execute(text("""
+            insert into customer_ledger_entries (customer_id, amount, kind, balance_after, created_at)
+            select c, :m, 'payment', :m * k, make_timestamptz(2026, k, 15, 12, 0, 0, 'UTC')
+            from unnest(cast(:ids as bigint[])) as c, generate_series(1, :months) as k
+            order by k, c"""), {"m": money, "ids": list(customer_ids), "months": months})
