@@ -319,3 +319,17 @@ def test_cli_incremental_without_the_guard_says_so_in_one_line(database_env: URL
         f"reconciler: {payload['mode_reason']}"]
     default = json.loads(CliRunner().invoke(app, ["run", "--json"]).stdout)
     assert default["mode"] == "full" and default["mode_reason"] == "full requested"
+
+
+@pytest.mark.usefixtures("real_steps")
+def test_the_report_says_mode_scope_and_verified_points(guarded: Engine, tmp_path: Any) -> None:
+    """An incremental run's report names the mode, the touched customers it compared and both points; its
+    book totals cover only those customers."""
+    write_around_core(guarded, "balance", 4, "2.00")
+    summary = run_reconciliation(guarded, RunOptions(mode="incremental", dry_run=True), report_dir=tmp_path)
+    assert summary.report_path is not None
+    from pathlib import Path
+
+    html = (Path(summary.report_path) / "report.html").read_text()
+    assert "incremental run" in html and "1 touched" in html
+    assert str(summary.verified_from) in html and str(summary.verified_to) in html
