@@ -153,7 +153,7 @@ def core_worker(manager: BalanceManager, *, pinned: bool = False,
             mine = stack.enter_context(manager.pinned())
 
         def operate(rnd: random.Random) -> None:
-            mine.update_balance(rnd.randint(1, CUSTOMERS), AMOUNT, kind="bench_core")
+            mine.update_balance(rnd.randint(1, CUSTOMERS), AMOUNT, kind="payment")
         return operate
     return make
 

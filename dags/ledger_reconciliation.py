@@ -50,6 +50,18 @@ from reconciler_airflow import (
 )
 from reconciler_alerts import ReconcilerNotifier
 
+# Light modules (no database, no heavy imports): the Params' bounds and defaults are the library's own.
+from reconciler.run_limits import (
+    DEFAULT_AUTO_CORRECT_LIMIT,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_DRIFT_RATIO,
+    DEFAULT_POLICY,
+    DEFAULT_TOLERANCE,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    POLICIES,
+)
+
 DEFAULT_SCHEDULE = "0 2 * * *"
 TASK_RETRIES = env_int("RECONCILER_TASK_RETRIES", 2)
 RETRY_DELAY = dt.timedelta(seconds=env_int("RECONCILER_RETRY_DELAY_SECONDS", 30))
@@ -61,12 +73,12 @@ RUN_OPTION_PARAMS = ("tolerance", "chunk_size", "from_id", "to_id", "customer_id
 
 PARAMS = {
     "tolerance": Param(
-        "0.01", type="string", pattern=MONEY_PATTERN, title="Tolerance",
+        str(DEFAULT_TOLERANCE), type="string", pattern=MONEY_PATTERN, title="Tolerance",
         description="A customer drifts when |balance - ledger sum| is strictly greater than this amount "
                     "(money with at most 2 decimals, e.g. 0.01).",
         section="Detection"),
     "chunk_size": Param(
-        10_000, type="integer", minimum=1, maximum=1_000_000, title="Chunk size",
+        DEFAULT_CHUNK_SIZE, type="integer", minimum=MIN_CHUNK_SIZE, maximum=MAX_CHUNK_SIZE, title="Chunk size",
         description="Customers per chunk; each chunk is one compare_chunk task (one SQL statement).",
         section="Detection"),
     "from_id": Param(
@@ -80,7 +92,7 @@ PARAMS = {
         maxItems=100_000, title="Customer ids",
         description="Only these customers (one id per line; empty: all customers in the range).", section="Scope"),
     "policy": Param(
-        "ledger", type="string", enum=["ledger", "balance"], title="Correction policy",
+        DEFAULT_POLICY, type="string", enum=list(POLICIES), title="Correction policy",
         values_display={"ledger": "ledger: set the balance to the ledger sum",
                         "balance": "balance: post an adjusting ledger entry"},
         description="How a drift is corrected: the ledger is right (default) or the cached balance is.",
@@ -89,11 +101,11 @@ PARAMS = {
         True, type="boolean", title="Correct automatically",
         description="Correct drifts up to the limit below; off: only open tasks.", section="Corrections"),
     "auto_correct_limit": Param(
-        "100.00", type="string", pattern=MONEY_PATTERN, title="Auto-correct limit",
+        str(DEFAULT_AUTO_CORRECT_LIMIT), type="string", pattern=MONEY_PATTERN, title="Auto-correct limit",
         description="Larger drifts go to needs_review instead of being corrected (money, e.g. 100.00).",
         section="Corrections"),
     "max_drift_ratio": Param(
-        "0.05", type="string", pattern=RATIO_PATTERN, title="Max drift ratio",
+        str(DEFAULT_MAX_DRIFT_RATIO), type="string", pattern=RATIO_PATTERN, title="Max drift ratio",
         description="Halt all corrections when more than this share of checked customers drift "
                     "(0 to 1, e.g. 0.05; 1 disables the halt).",
         section="Corrections"),

@@ -112,16 +112,26 @@ def ledger_engine() -> Iterator[Engine]:
 def ledger_step() -> Iterator[Engine]:
     """The ledger engine for one pipeline step. A broken contract (a :class:`ReconcilerError` such as a run that
     is no longer running or an unknown customer) fails the task at once, since retrying cannot help; an
-    unreachable database or a persisting deadlock is retried with backoff."""
+    unreachable database or a persisting deadlock is retried with backoff; a database lost mid-step is one line
+    (:class:`~reconciler.errors.DatabaseLostError`) and is retried too."""
+    from reconciler.db import database_lost
     from reconciler.errors import DatabaseUnavailableError, ReconcilerError, TransientDatabaseError
 
     with ledger_engine() as engine:
         try:
             yield engine
-        except (DatabaseUnavailableError, TransientDatabaseError):
+        except Exception as exc:
+            # A database that went away: ONE line (what was lost, which database without password, that a
+            # retry is safe) and its cause, never SQLAlchemy's chained traceback and background link.
+            lost = database_lost(exc, engine.url, doing="running this step",
+                                 rerun="retrying this task (or rerunning the DAG) is safe")
+            if lost is not None:
+                raise lost from None
+            if isinstance(exc, DatabaseUnavailableError | TransientDatabaseError):
+                raise
+            if isinstance(exc, ReconcilerError):
+                raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
             raise
-        except ReconcilerError as exc:
-            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
 def trigger_of(run_type: object) -> str:

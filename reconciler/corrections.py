@@ -16,19 +16,20 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-import psycopg.errors
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import DBAPIError
 
-from reconciler.errors import CustomerBusyError, InvalidOperationError, TransientDatabaseError
-from reconciler.money import format_money
+from reconciler.db_errors import is_transient
+from reconciler.errors import CustomerBusyError
+from reconciler.money import DEFAULT_TOLERANCE, format_money
+from reconciler.vocabulary import DEFAULT_POLICY, KEY_PREFIX, POLICIES, check_policy, correction_key
 
 if TYPE_CHECKING:
     from reconciler.balances import BalanceManager, Reconciliation
     from reconciler.row_locks import RowLocker
 
-POLICIES = ("ledger", "balance")
-DEFAULT_POLICY = "ledger"
+__all__ = ["DEFAULT_POLICY", "KEY_PREFIX", "POLICIES", "check_policy", "correction_key", "is_transient"]
+
 #: A correction waits at most this long for a customer's row lock, so a run never holds up payments.
 DEFAULT_LOCK_TIMEOUT = dt.timedelta(seconds=2)
 #: No statement of a run runs longer than this.
@@ -57,6 +58,8 @@ class Guardrails:
     auto_correct: bool = True
     auto_correct_limit: Decimal = Decimal("100.00")
     max_drift_ratio: Decimal = Decimal("0.05")
+    #: A drift within this (re-read now) has vanished: the task is dismissed, never corrected.
+    tolerance: Decimal = DEFAULT_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -65,16 +68,6 @@ class Verdict:
 
     decision: Decision
     reason: str
-
-
-def check_policy(policy: str, *, name: str = "policy") -> str:
-    """Return ``policy`` when it is one of :data:`POLICIES`, else raise naming the allowed ones."""
-    if policy not in POLICIES:
-        raise InvalidOperationError(
-            f"{name} must be one of {', '.join(POLICIES)}, got {policy!r}: 'ledger' sets the balance to the "
-            f"ledger sum, 'balance' posts a reconciliation_adjustment entry"
-        )
-    return policy
 
 
 def judge_drift_ratio(drift_count: int, customers_checked: int, max_drift_ratio: Decimal) -> str | None:
@@ -121,15 +114,6 @@ def decide_correction(drift: Decimal, guardrails: Guardrails, *, halted: bool = 
     return Verdict(Decision.CORRECT, "within auto_correct_limit")
 
 
-#: Idempotency keys of task corrections are this prefix and the task id.
-KEY_PREFIX = "reconcile:task:"
-
-
-def correction_key(task_id: int) -> str:
-    """The idempotency key of a task's correction: the same task is never corrected twice."""
-    return f"{KEY_PREFIX}{task_id}"
-
-
 class Outcome(enum.StrEnum):
     """What happened when a correction was applied."""
 
@@ -137,6 +121,10 @@ class Outcome(enum.StrEnum):
     VANISHED = "vanished"    # under the row lock the drift was within tolerance: nothing written
     DEFERRED = "deferred"    # a transient lock or statement timeout: nothing written, retried next run
     BUSY = "busy"            # another session holds the customer's row lock: skipped at once, retried next run
+
+    # A new outcome is one member here, its line in the executor's recorder table
+    # (reconciler.correction_executor._RECORDED_AS) and, when it resolves nothing, one entry in
+    # reconciler.tasks.EVENT_ONLY_OUTCOMES.
 
 
 @dataclass(frozen=True)
@@ -177,18 +165,8 @@ class CorrectionResult:
         return values
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True for failures that leave nothing written and may pass on a retry: lock or statement timeouts,
-    serialization failures and deadlocks (after the core's own retries)."""
-    if isinstance(exc, TransientDatabaseError):
-        return True
-    original = exc.orig if isinstance(exc, DBAPIError) else exc
-    return isinstance(original, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled
-                      | psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected)
-
-
 def apply_correction(manager: BalanceManager, task: TaskRef, *, policy: str = DEFAULT_POLICY,
-                     tolerance: Decimal = Decimal("0.01"),
+                     tolerance: Decimal = DEFAULT_TOLERANCE,
                      audit: Mapping[str, object] | None = None, nowait: bool = True) -> CorrectionResult:
     """Correct the task's customer through the core, re-verified under the row lock.
 

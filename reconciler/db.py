@@ -20,7 +20,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 
 from reconciler.config import EMBEDDED_DATABASE, configured_database_url, home_dir
-from reconciler.errors import DatabaseUnavailableError
+from reconciler.db_errors import first_line, lost_database
+from reconciler.errors import DatabaseLostError, DatabaseUnavailableError
 
 DEFAULT_POOL_SIZE = 10
 
@@ -142,3 +143,17 @@ def check_connection(engine: Engine) -> None:
             f"cannot reach the ledger database ({where}): {reason}. Check that PostgreSQL runs there and that "
             f"RECONCILER_DATABASE_URL ({describe_url(url)}) is right, or unset it to use the embedded database."
         ) from None
+
+
+def database_lost(exc: BaseException, url: str | URL, *, doing: str,
+                  rerun: str = "rerunning is safe: every step is one transaction, and a rerun finds everything "
+                               "again without duplicates") -> DatabaseLostError | None:
+    """A :class:`DatabaseLostError` when ``exc`` (or its cause) says the database went away, else None. Its
+    message is one line: what was lost (``doing``), which database (:func:`describe_url`, no password), the
+    database's own reason (never SQL text or SQLAlchemy's background link) and what to do."""
+    lost = lost_database(exc)
+    if lost is None:
+        return None
+    reason = first_line(lost) if not isinstance(lost, DatabaseUnavailableError) else "the connection was lost"
+    return DatabaseLostError(f"lost the ledger database ({describe_url(url)}) while {doing}: {reason}. "
+                             f"Once it is back, {rerun}")

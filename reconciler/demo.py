@@ -34,6 +34,11 @@ generates the next batch while the database ingests the current one); the entrie
 foreign keys are dropped for the load and rebuilt, exactly as they were, before the same transaction
 commits (pg_restore's way: about 3x faster than maintaining them row by row). Then the tables are
 vacuumed and analysed so index-only scans and the planner see the new data.
+
+Longer than ~500 lines on purpose: the generator, the plant kinds and the COPY loader share one
+reproducibility contract (the same seed gives the same rows, byte for byte); keeping them together keeps
+that contract in one file. It is also the one writer, besides the balance core, allowed to replace the
+ledger and the run tables wholesale (TRUNCATE + COPY), and only for data that demo seeding created.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from sqlalchemy import Connection, Engine, select, text
 
 from reconciler.errors import DemoDataError, InvalidOperationError
 from reconciler.schema import demo_plants
+from reconciler.vocabulary import Cause
 
 DEFAULT_CUSTOMERS = 20_000
 DEFAULT_ENTRIES_PER_CUSTOMER = 10
@@ -68,11 +74,11 @@ REFERENCE_PREFIX = "demo-"
 MAX_CUSTOMERS = 999_999_999
 MAX_ENTRIES_PER_CUSTOMER = 9_999
 
-AROUND = "balance_written_around_ledger"
-MISSING = "missing_entry"
-DUPLICATED = "duplicated_entry"
-SIGN_FLIPPED = "sign_flipped_entry"
-UNAPPLIED = "unapplied_entry"
+AROUND = Cause.BALANCE_WRITTEN_AROUND_LEDGER.value
+MISSING = Cause.MISSING_ENTRY.value
+DUPLICATED = Cause.DUPLICATED_ENTRY.value
+SIGN_FLIPPED = Cause.SIGN_FLIPPED_ENTRY.value
+UNAPPLIED = Cause.UNAPPLIED_ENTRY.value
 PLANT_KINDS = (AROUND, MISSING, DUPLICATED, SIGN_FLIPPED, UNAPPLIED)
 
 APPEND_ONLY_TRIGGERS = ("reconciler_append_only", "reconciler_append_only_truncate")

@@ -61,6 +61,11 @@ class DatabaseUnavailableError(ReconcilerError):
     """Raised when the configured database cannot be reached; the message names it without its password."""
 
 
+class DatabaseLostError(DatabaseUnavailableError):
+    """Raised when the database went away in the middle of a command or a run step; the message is ONE line:
+    what was lost, which database (without its password), and that rerunning is safe."""
+
+
 class TaskNotFoundError(ReconcilerError, LookupError):
     """Raised when a reconciliation task id does not exist."""
 
@@ -97,3 +102,9 @@ class RunFailedError(ReconcilerError):
     def __init__(self, message: str, run_id: int) -> None:
         super().__init__(message)
         self.run_id = run_id
+
+
+class UnknownEntryKindError(InvalidOperationError):
+    """Raised when a ledger entry's kind is not in the list of entry kinds (unknown, with surrounding
+    whitespace, or longer than the list allows); the message lists the allowed kinds and where to add one,
+    and nothing is written."""

@@ -62,10 +62,11 @@ from sqlalchemy import Connection, text
 
 from reconciler.compare import Drift
 from reconciler.money import ZERO, format_money
+from reconciler.vocabulary import EXPLAINED_CAUSES, Cause
 from reconciler.writers import seen_writes, with_writers
 
-CAUSES = ("missing_entry", "duplicated_entry", "sign_flipped_entry", "unapplied_entry",
-          "balance_written_around_ledger", "unknown")
+#: The causes explain may name (:class:`reconciler.vocabulary.Cause`, all but the real-time one).
+CAUSES = EXPLAINED_CAUSES
 #: Drifts explained per query.
 DEFAULT_BATCH = 1_000
 #: Entries kept per customer as evidence (the counts are always exact).
@@ -76,7 +77,7 @@ MAX_EVIDENCE_ENTRIES = 20
 class Explanation:
     """A probable cause (one of :data:`CAUSES`), its evidence (JSON-able) and one readable sentence."""
 
-    cause: str
+    cause: Cause
     evidence: Mapping[str, object]
     summary: str
 
@@ -190,7 +191,7 @@ def rule_duplicated_entry(facts: CustomerFacts) -> Explanation | None:
     entry = _single_gap(facts)
     if entry is None or not entry.twin_of_prev or entry.amount != -facts.drift or entry.prev_id is None:
         return None
-    return Explanation("duplicated_entry", {
+    return Explanation(Cause.DUPLICATED_ENTRY, {
         "entry_ids": [entry.prev_id, entry.id], "original_entry_id": entry.prev_id,
         "duplicate_entry_id": entry.id, "amount": str(entry.amount)},
         f"entry {entry.id} repeats entry {entry.prev_id} ({_money(entry.amount)}, same reference and "
@@ -202,7 +203,7 @@ def rule_sign_flipped_entry(facts: CustomerFacts) -> Explanation | None:
     entry = _single_gap(facts)
     if entry is None or -2 * entry.amount != facts.drift:
         return None
-    return Explanation("sign_flipped_entry", {
+    return Explanation(Cause.SIGN_FLIPPED_ENTRY, {
         "entry_ids": [entry.id], "recorded_amount": str(entry.amount), "applied_amount": str(-entry.amount)},
         f"entry {entry.id} is recorded as {_money(entry.amount)} but the balance applied {_money(-entry.amount)} "
         f"(its balance_after agrees with the balance): the sign is flipped in the ledger")
@@ -215,7 +216,7 @@ def rule_missing_entry(facts: CustomerFacts) -> Explanation | None:
         return None
     ids = [i for i in (entry.prev_id, entry.id) if i is not None]
     where = f"between entries {entry.prev_id} and {entry.id}" if entry.prev_id else f"before entry {entry.id}"
-    return Explanation("missing_entry", {
+    return Explanation(Cause.MISSING_ENTRY, {
         "entry_ids": ids, "before_entry_id": entry.prev_id, "after_entry_id": entry.id,
         "missing_amount": str(facts.drift)},
         f"the balance includes {_money(facts.drift)} that the ledger never recorded: an entry is missing {where} "
@@ -235,7 +236,7 @@ def rule_unapplied_entry(facts: CustomerFacts) -> Explanation | None:
     count = facts.entry_count - facts.match_position
     where = (f"the balance_after of entry {matched.id}" if matched is not None
              else "the balance its last reconciliation set")
-    return Explanation("unapplied_entry", {
+    return Explanation(Cause.UNAPPLIED_ENTRY, {
         "entry_ids": [e.id for e in after], "balance_matches_entry_id": None if matched is None else matched.id,
         "unapplied_count": count, "unapplied_amount": str(-facts.drift)},
         f"the balance equals {where}: the {count} later entr{'y' if count == 1 else 'ies'} "
@@ -254,7 +255,7 @@ def rule_balance_written_around_ledger(facts: CustomerFacts) -> Explanation | No
         story = f"no entry since the last reconciliation, which set the balance to {_money(facts.opening_balance)},"
     else:
         story = "the customer has no ledger entries"
-    return Explanation("balance_written_around_ledger", {
+    return Explanation(Cause.BALANCE_WRITTEN_AROUND_LEDGER, {
         "entry_ids": [] if last is None else [last.id], "last_entry_id": None if last is None else last.id,
         "last_balance_after": None if last is None or last.balance_after is None else str(last.balance_after),
         "stored_balance": str(facts.stored_balance)},
@@ -274,27 +275,27 @@ def rule_amounts_only(facts: CustomerFacts) -> Explanation | None:
     d = facts.drift
     twin = _latest(facts.entries, lambda e: e.amount == -d and e.first_twin_id < e.id)
     if twin is not None:
-        return Explanation("duplicated_entry", {
+        return Explanation(Cause.DUPLICATED_ENTRY, {
             "entry_ids": [twin.first_twin_id, twin.id], "original_entry_id": twin.first_twin_id,
             "duplicate_entry_id": twin.id, "amount": str(twin.amount)},
             f"entry {twin.id} repeats entry {twin.first_twin_id} ({_money(twin.amount)}): "
             "the ledger counts it twice, the balance once")
     flipped = _latest(facts.entries, lambda e: -2 * e.amount == d)
     if flipped is not None:
-        return Explanation("sign_flipped_entry", {
+        return Explanation(Cause.SIGN_FLIPPED_ENTRY, {
             "entry_ids": [flipped.id], "recorded_amount": str(flipped.amount),
             "applied_amount": str(-flipped.amount)},
             f"the drift is twice entry {flipped.id} with the opposite sign: the balance probably applied "
             f"{_money(-flipped.amount)} where the ledger recorded {_money(flipped.amount)}")
     unapplied = _latest(facts.entries, lambda e: e.amount == -d)
     if unapplied is not None:
-        return Explanation("unapplied_entry", {
+        return Explanation(Cause.UNAPPLIED_ENTRY, {
             "entry_ids": [unapplied.id], "balance_matches_entry_id": None, "unapplied_count": 1,
             "unapplied_amount": str(unapplied.amount)},
             f"the ledger holds entry {unapplied.id} ({_money(unapplied.amount)}) that the balance does not")
     extra = _latest(facts.entries, lambda e: e.amount == d)
     if extra is not None:
-        return Explanation("missing_entry", {
+        return Explanation(Cause.MISSING_ENTRY, {
             "entry_ids": [extra.id], "before_entry_id": None, "after_entry_id": None,
             "missing_amount": str(d)},
             f"the balance holds {_money(d)} more than the ledger, the amount of entry {extra.id}: "
@@ -316,7 +317,7 @@ def unknown(facts: CustomerFacts) -> Explanation:
                   f"{_money(facts.end_gap)}: more than one thing happened")
     else:
         reason = "the balance_after chain is incomplete and no entry amount matches the drift"
-    return Explanation("unknown", {
+    return Explanation(Cause.UNKNOWN, {
         "entry_ids": [e.id for e in gaps], "gap_count": facts.gap_count, "end_gap": str(facts.end_gap),
         "chain_complete": facts.chain_complete, "chain_starts_after_entry_id": facts.anchor_entry_id},
         f"no single cause explains {_money(facts.drift)}: {reason}")

@@ -13,6 +13,8 @@ from reconciler.errors import FloatAmountError, InvalidAmountError, NonPositiveA
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
+#: A customer drifts when abs(drift) is strictly greater than this (DESIGN.md); the ONE default.
+DEFAULT_TOLERANCE = CENT
 #: numeric(18,2) holds 16 integer digits.
 MAX_AMOUNT = Decimal("9999999999999999.99")
 

@@ -6,7 +6,8 @@ the unexpected rows, a sample at most, ever leave the database); a failed expect
 run's rows in one transaction). Great Expectations is imported only when a check runs (or is preloaded).
 
 The suites are GX Core 1.x JSON. Besides GX's own ``{batch}``, their SQL may name run values as
-``$run_id``, ``$tolerance``, ``$entries_after`` and ``$tasks_since``; they are rendered here from validated
+``$run_id``, ``$tolerance``, ``$entries_after``, ``$tasks_since`` and ``$known_kinds`` (the one list of entry kinds,
+:mod:`reconciler.entry_kinds`); they are rendered here from validated
 ints, Decimals and datetimes only (GX takes the query as text, so it cannot take bound parameters).
 
 Severity: ``critical`` failures make the quality step fail; ``warning`` failures are reported only. Drift
@@ -45,12 +46,12 @@ from sqlalchemy import Connection, Engine, delete, insert, select, text
 from sqlalchemy.engine import URL
 
 from reconciler.config import reports_dir
+from reconciler.entry_kinds import EntryKinds, load_entry_kinds
 from reconciler.errors import InvalidOperationError, RunNotFoundError
-from reconciler.money import to_tolerance
+from reconciler.money import DEFAULT_TOLERANCE, to_tolerance
 from reconciler.schema import quality_results, runs
 
 EXPECTATIONS_ENV = "RECONCILER_EXPECTATIONS_DIR"
-DEFAULT_TOLERANCE = Decimal("0.01")
 #: Entries newer than this (by created_at) at check time are read again by the next check.
 WATERMARK_LAG = dt.timedelta(hours=1)
 #: An expectation never checked before reads the whole history of a ledger up to this many entries; on a
@@ -137,7 +138,7 @@ class RunValues:
 
     def for_expectation(self, name: str) -> dict[str, object]:
         return {"run_id": self.run_id, "tolerance": self.tolerance, "entries_after": self.after(name),
-                "tasks_since": self.tasks_since.get(name, _EPOCH)}
+                "tasks_since": self.tasks_since.get(name, _EPOCH), "known_kinds": load_entry_kinds()}
 
     def window(self, kind: object, name: str) -> dict[str, Any] | None:
         if kind == "entries":
@@ -204,7 +205,10 @@ def parse_suite(data: Mapping[str, Any], path: Path | None = None) -> SuiteSpec:
 
 
 def sql_literal(value: object) -> str:
-    """A SQL literal for a run value: ints, finite Decimals and aware datetimes only (never text)."""
+    """A SQL literal for a run value: ints, finite Decimals, aware datetimes and the list of entry kinds
+    (checked plain words, :mod:`reconciler.entry_kinds`) only (never free text)."""
+    if isinstance(value, EntryKinds):
+        return value.sql_list()
     if isinstance(value, bool) or value is None:
         raise InvalidOperationError(f"cannot render {value!r} into an expectation's SQL")
     if isinstance(value, int):

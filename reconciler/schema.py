@@ -11,12 +11,14 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Identity,
+    Index,
     Integer,
     MetaData,
     Numeric,
     Table,
     Text,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
 from sqlalchemy.dialects.postgresql import base as postgresql_base
 from sqlalchemy.types import UserDefinedType
@@ -44,9 +46,12 @@ ledger_entries = Table(
     Column("amount", MONEY, nullable=False),
     Column("kind", Text, nullable=False),
     Column("reference", Text),
-    Column("idempotency_key", Text, unique=True),
+    Column("idempotency_key", Text),
     Column("balance_after", MONEY),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ux_customer_ledger_entries_idempotency_key", "idempotency_key", unique=True),
+    #: The real-time chain check and the per-customer SUM read only this index (index-only scans).
+    Index("ix_customer_ledger_entries_customer_cover", "customer_id", "id", postgresql_include=["amount"]),
 )
 
 runs = Table(
@@ -71,6 +76,8 @@ runs = Table(
     Column("mode_reason", Text),
     Column("verified_from", Text),
     Column("verified_to", Text),
+    Index("ux_runs_running_key", "run_key", unique=True,
+          postgresql_where=sql_text("status = 'running' and run_key is not null")),
     schema=SCHEMA,
 )
 
@@ -126,6 +133,12 @@ tasks = Table(
     Column("resolved_at", DateTime(timezone=True)),
     Column("resolution", JSONB, nullable=False),
     Column("correction_entry_id", BigInteger),
+    #: At most one unresolved task per customer.
+    Index("ux_tasks_one_unresolved_per_customer", "customer_id", unique=True,
+          postgresql_where=sql_text("status in ('open', 'needs_review')")),
+    Index("ix_tasks_run", "run_id"),
+    Index("ix_tasks_status", "status"),
+    Index("ix_tasks_last_seen_run", "last_seen_run_id"),
     schema=SCHEMA,
 )
 
@@ -139,6 +152,7 @@ quality_results = Table(
     Column("success", Boolean, nullable=False),
     Column("details", JSONB, nullable=False),
     Column("evaluated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_quality_results_run", "run_id"),
     schema=SCHEMA,
 )
 
@@ -177,6 +191,8 @@ bypass_writes = Table(
     Column("fingerprint", Text),
     Column("breaks_ledger", Boolean),
     Column("refused", Boolean, nullable=False),
+    Index("ix_bypass_writes_at", "at"),
+    Index("ix_bypass_writes_customer", "customer_id", "txid"),
     schema=SCHEMA,
 )
 
@@ -195,7 +211,7 @@ balance_reconciliations = Table(
     Column("id", BigInteger, Identity(always=True), primary_key=True),
     Column("customer_id", BigInteger, ForeignKey("customers.id"), nullable=False),
     Column("policy", Text, nullable=False),
-    Column("idempotency_key", Text, unique=True),
+    Column("idempotency_key", Text),
     Column("reference", Text),
     Column("stored_before", MONEY, nullable=False),
     Column("ledger_sum", MONEY, nullable=False),
@@ -206,6 +222,19 @@ balance_reconciliations = Table(
     Column("changed", Boolean, nullable=False),
     Column("audit", JSONB, nullable=False),
     Column("reconciled_at", DateTime(timezone=True), nullable=False),
+    Index("ux_balance_reconciliations_idempotency_key", "idempotency_key", unique=True),
+    Index("ix_balance_reconciliations_customer", "customer_id", "id"),
+    schema=SCHEMA,
+)
+
+#: What migration 0001 added to an adopted ledger (so a downgrade removes exactly that).
+adoption = Table(
+    "adoption",
+    metadata,
+    Column("table_name", Text, primary_key=True),
+    Column("created", Boolean, nullable=False),
+    Column("added_columns", ARRAY(Text), nullable=False),
+    Column("adopted_at", DateTime(timezone=True), nullable=False),
     schema=SCHEMA,
 )
 

@@ -1,5 +1,10 @@
 """Reconciliation tasks: at most one unresolved task per customer, and an audit trail of every transition.
 
+This module is the ONE writer of ``reconciler.tasks``: runs open and refresh tasks here, the balance core
+opens its realtime task here (:func:`open_realtime_task`, inside the core's own transaction), and the
+correction executor records outcomes here. It imports neither the balance core nor the corrections: it
+takes plain values, so the lifecycle can be read on its own.
+
 Invariants: a rerun updates the customer's unresolved task, never opens a second one (the database's
 partial unique index ``ux_tasks_one_unresolved_per_customer`` backs this up); the lifecycle is
 ``open -> needs_review -> corrected | dismissed`` (``open`` may go straight to ``corrected`` or
@@ -10,29 +15,20 @@ partial unique index ``ux_tasks_one_unresolved_per_customer`` backs this up); th
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, RowMapping, bindparam, func, select, text
+from sqlalchemy import Connection, RowMapping, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import BigInteger
 
-from reconciler.corrections import (
-    DEFAULT_POLICY,
-    KEY_PREFIX,
-    CorrectionResult,
-    Outcome,
-    TaskRef,
-    apply_correction,
-    check_policy,
-    correction_engine,
-    correction_key,
-)
-from reconciler.errors import InvalidOperationError, TaskNotFoundError, TaskStateError
+from reconciler.errors import InvalidOperationError, TaskNotFoundError
 from reconciler.money import format_money
 from reconciler.schema import TASK_STATUSES, UNRESOLVED_STATUSES, tasks
+from reconciler.vocabulary import KEY_PREFIX, correction_key
 
 ACTIONS = ("correct", "dismiss")
 
@@ -396,99 +392,119 @@ def mark_many_needs_review(conn: Connection, reviews: Sequence[tuple[int, Decima
         for task_id, drift, reason in reviews])
 
 
-def record_correction(conn: Connection, result: CorrectionResult, *, by: str, note: str | None,
-                      approved_by: str | None = None) -> bool:
-    """Write the outcome of :func:`reconciler.corrections.apply_correction` on its task."""
-    task = result.task
-    values = result.values()
-    if approved_by is not None:
-        values["approved_by"] = approved_by
-    if result.outcome in (Outcome.DEFERRED, Outcome.BUSY):  # nothing written: the task stays open for next time
-        action = "busy" if result.outcome is Outcome.BUSY else "defer"
-        note_event(conn, task.task_id, action=action, by=by, note=result.reason, run_id=task.run_id, values=values)
+#: Outcomes that leave the task as it is and only append an event (the event's action); ``pending`` is cleared
+#: so the next run decides afresh (``busy``: another session held the row lock). A new such outcome is one
+#: entry here.
+EVENT_ONLY_OUTCOMES: Mapping[str, str] = {"deferred": "defer", "busy": "busy"}
+#: Outcomes that resolve the task: (status, event action).
+RESOLVING_OUTCOMES: Mapping[str, tuple[str, str]] = {"corrected": ("corrected", "correct"),
+                                                      "vanished": ("dismissed", "dismiss")}
+
+
+def record_outcome(conn: Connection, task_id: int, *, outcome: str, by: str, note: str | None,
+                   reason: str, run_id: int | None, values: Mapping[str, object],
+                   entry_id: int | None = None) -> bool:
+    """Write a correction's outcome on its task: ``corrected`` (the core changed the balance), ``vanished``
+    (dismissed: nothing to correct), or an event-only outcome such as ``deferred`` (the task stays as it is).
+    False when the task was not unresolved any more (or the outcome resolves nothing)."""
+    if outcome in EVENT_ONLY_OUTCOMES:
+        note_event(conn, task_id, action=EVENT_ONLY_OUTCOMES[outcome], by=by, note=reason, run_id=run_id,
+                   values=values)
         return False
-    summary: dict[str, object] = {**values, "by": by, "note": note, "run_id": task.run_id,
-                                  "reason": result.reason}
-    if result.outcome is Outcome.CORRECTED:
-        summary["action"] = "correct"
-        rec = result.reconciliation
-        return transition(conn, task.task_id, to="corrected", action="correct", by=by,
-                          note=note or result.reason, run_id=task.run_id, values=values, summary=summary,
-                          entry_id=rec.entry_id if rec is not None else None)
-    summary["action"] = "dismiss"
-    return transition(conn, task.task_id, to="dismissed", action="dismiss", by=by, note=result.reason,
-                      run_id=task.run_id, values=values, summary=summary)
+    if outcome not in RESOLVING_OUTCOMES:
+        raise InvalidOperationError(
+            f"outcome must be one of {', '.join([*RESOLVING_OUTCOMES, *EVENT_ONLY_OUTCOMES])}, got {outcome!r}")
+    status, action = RESOLVING_OUTCOMES[outcome]
+    summary: dict[str, object] = {**values, "by": by, "note": note, "run_id": run_id, "reason": reason,
+                                  "action": action}
+    return transition(conn, task_id, to=status, action=action, by=by,
+                      note=(note or reason) if outcome == "corrected" else reason, run_id=run_id, values=values,
+                      summary=summary, entry_id=entry_id if outcome == "corrected" else None)
 
 
-def correct_task(engine: Engine, manager: Any, task: TaskRef, *, policy: str, tolerance: Decimal, by: str,
-                 note: str | None = None, approved_by: str | None = None) -> CorrectionResult | None:
-    """Correct one task through the core and record the outcome; None when the task was already resolved."""
-    with engine.begin() as conn:
-        if not mark_pending(conn, task.task_id, policy=policy, by=by, run_id=task.run_id):
-            return None
-    result = apply_correction(manager, task, policy=policy, tolerance=tolerance,
-                              audit={"by": by, "approved_by": approved_by})
-    with engine.begin() as conn:
-        record_correction(conn, result, by=by, note=note, approved_by=approved_by)
-    return result
+def dismiss_by_hand(conn: Connection, task_id: int, *, by: str, note: str, drift: Decimal) -> bool:
+    """A person dismisses an unresolved task (who and why in the event and the summary)."""
+    return transition(conn, task_id, to="dismissed", action="dismiss", by=by, note=note,
+                      values={"drift": str(drift)},
+                      summary={"action": "dismiss", "by": by, "note": note, "drift": str(drift)})
 
 
-# ---- resolving by hand (the CLI) ------------------------------------------------------------------------
+_DISMISS_IF_CLEAN = text(f"""
+with cur as (
+    select t.id, c.balance,
+           (select coalesce(sum(e.amount), 0) from customer_ledger_entries e where e.customer_id = t.customer_id)
+               as total
+    from reconciler.tasks t join customers c on c.id = t.customer_id
+    where t.id = :task and t.status in ('open', 'needs_review')
+)
+update reconciler.tasks t set
+    status = 'dismissed', resolved_at = now(), updated_at = now(),
+    resolution = {_event(by=":by", action="'dismiss'", to="'dismissed'", note=":note",
+                         values="jsonb_build_object('balance', cur.balance::text, 'ledger_sum', cur.total::text, "
+                                "'previous_drift', t.drift::text)")}
+        || jsonb_build_object('action', 'dismiss', 'by', cast(:by as text), 'note', cast(:note as text), 'at', now(),
+                              'run_id', cast(:run as bigint), 'reason', cast(:note as text))
+from cur
+where t.id = cur.id and abs(cur.balance - cur.total) <= :tolerance
+returning t.id
+""")
 
-@dataclass(frozen=True)
-class Resolved:
-    """What ``resolve_task`` did: the task after, and the correction when there was one."""
 
-    task: TaskView
-    correction: CorrectionResult | None
-
-
-def _required_text(value: str, name: str) -> str:
-    cleaned = value.strip() if isinstance(value, str) else ""
-    if not cleaned:
-        raise InvalidOperationError(f"{name} must be a non-empty text (who approves, and why), got {value!r}")
-    return cleaned
+def dismiss_if_clean(conn: Connection, task_id: int, *, tolerance: Decimal, by: str, note: str,
+                     run_id: int | None) -> bool:
+    """Dismiss an unresolved task when its customer is clean NOW (re-verified in this one statement); False
+    when it drifts again or is no longer unresolved (then nothing is written)."""
+    return conn.execute(_DISMISS_IF_CLEAN, {"task": task_id, "tolerance": tolerance, "by": by, "note": note,
+                                            "run": run_id}).first() is not None
 
 
-def resolve_task(engine: Engine, task_id: int, action: str, by: str, note: str,
-                 policy: str = DEFAULT_POLICY, *, tolerance: Decimal = Decimal("0.01")) -> Resolved:
-    """Resolve an unresolved task by hand: ``dismiss`` closes it; ``correct`` corrects it through the core
-    (re-verified under the row lock; no auto_correct_limit: a person approved it, recorded as ``approved_by``
-    with the note). A correction an earlier run left in flight is completed with that run's policy. A
-    resolved task raises :class:`TaskStateError`; a lock timeout leaves the task as it was (try again)."""
-    if action not in ACTIONS:
-        raise InvalidOperationError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
-    by = _required_text(by, "by")
-    note = _required_text(note, "note")
-    check_policy(policy)
-    with engine.begin() as conn:
-        current = get_task(conn, task_id, for_update=True)
-        if not current.unresolved:
-            raise TaskStateError(
-                f"task {task_id} is already {current.status} (at {current.resolved_at:%Y-%m-%d %H:%M:%S%z}); "
-                f"a resolved task never changes. A new drift of customer {current.customer_id} opens a new task"
-            )
-        if action == "dismiss":
-            transition(conn, task_id, to="dismissed", action="dismiss", by=by, note=note,
-                       values={"drift": str(current.drift)},
-                       summary={"action": "dismiss", "by": by, "note": note, "drift": str(current.drift)})
-    correction: CorrectionResult | None = None
-    if action == "correct":
-        from reconciler.balances import BalanceManager  # noqa: PLC0415  (written by the balance core)
+# ---- the balance core's realtime check ------------------------------------------------------------------
 
-        pending = current.resolution.get("pending")
-        if isinstance(pending, Mapping) and pending.get("policy") in ("ledger", "balance"):
-            policy = str(pending["policy"])  # a correction left in flight is completed as it was started
-        with correction_engine(engine, pool_size=1) as safe_engine:
-            manager = BalanceManager(safe_engine)
-            correction = correct_task(engine, manager, TaskRef(task_id, current.customer_id, None), policy=policy,
-                                      tolerance=tolerance, by=by, note=note, approved_by=by)
-        if correction is None:
-            with engine.connect() as conn:
-                latest = get_task(conn, task_id)
-            raise TaskStateError(f"task {task_id} was resolved by someone else meanwhile (now {latest.status})")
-    with engine.connect() as conn:
-        return Resolved(get_task(conn, task_id), correction)
+_OPEN_REALTIME_TASK = text("""
+insert into reconciler.tasks as t (customer_id, stored_balance, ledger_sum, drift, status, source, cause, evidence,
+                                   resolution)
+values (cast(:customer_id as bigint), cast(:stored_balance as numeric), cast(:ledger_sum as numeric),
+        cast(:drift as numeric), 'open', 'realtime', cast(:cause as text), cast(:evidence as jsonb),
+        jsonb_build_object('events', jsonb_build_array(jsonb_build_object(
+            'at', now(), 'by', cast(:by as text), 'action', 'open', 'from', null, 'to', 'open',
+            'note', cast(:note as text), 'run_id', null, 'values', jsonb_build_object(
+                'stored_balance', cast(:stored_balance as numeric)::text,
+                'ledger_sum', cast(:ledger_sum as numeric)::text,
+                'drift', cast(:drift as numeric)::text, 'cause', cast(:cause as text))))))
+on conflict (customer_id) where status in ('open', 'needs_review') do nothing
+returning id
+""")
+
+#: Who opens a realtime task, as its opening event says.
+REALTIME_OPENED_BY = "balance core (realtime check)"
+
+
+def open_realtime_task(conn: Connection, customer_id: int, *, stored_balance: Decimal, ledger_sum: Decimal,
+                       drift: Decimal, cause: str, evidence: Mapping[str, object]) -> int | None:
+    """Open a ``realtime`` task with its opening event, on the caller's connection and in its transaction
+    (the balance core calls this while it holds the customer's row lock); None when the customer already has
+    an unresolved task (it is kept as it is)."""
+    opened = conn.execute(_OPEN_REALTIME_TASK, {
+        "customer_id": customer_id, "stored_balance": stored_balance, "ledger_sum": ledger_sum, "drift": drift,
+        "cause": cause, "evidence": json.dumps(dict(evidence), default=str, sort_keys=True),
+        "by": REALTIME_OPENED_BY, "note": "balance before a change is off the balance_after chain",
+    }).scalar_one_or_none()
+    return None if opened is None else int(opened)
+
+
+def run_task_counts(conn: Connection, run_id: int) -> dict[str, int]:
+    """How many tasks ``run_id`` opened, updated (seen drifting again) and dismissed (seen clean)."""
+    row = conn.execute(text("""
+        select count(*) filter (where t.run_id = :run) as opened,
+               count(*) filter (where t.run_id is distinct from :run
+                                and exists (select 1 from reconciler.findings f
+                                            where f.run_id = :run and f.customer_id = t.customer_id)) as updated,
+               count(*) filter (where t.status = 'dismissed'
+                                and not exists (select 1 from reconciler.findings f
+                                                where f.run_id = :run and f.customer_id = t.customer_id))
+                   as dismissed
+        from reconciler.tasks t where t.last_seen_run_id = :run"""), {"run": run_id}).one()
+    return {"opened": int(row.opened), "updated": int(row.updated), "dismissed": int(row.dismissed)}
 
 
 def busy_streak(events: Sequence[Mapping[str, Any]]) -> int:

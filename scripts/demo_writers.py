@@ -47,14 +47,14 @@ def main() -> int:
                                  (LATE_FEE, billing[4])).fetchone()
             assert after is not None
             conn.execute("insert into customer_ledger_entries (customer_id, amount, kind, reference, balance_after) "
-                         "values (%s, %s, 'late_fee', 'legacy-billing', %s)", (billing[4], -LATE_FEE, after[0]))
+                         "values (%s, %s, 'fee', 'legacy-billing late fee', %s)", (billing[4], -LATE_FEE, after[0]))
     print(f"  legacy-billing: 6 writes around the core (late fees of {LATE_FEE} on customers "
           f"{', '.join(map(str, billing))}; the last one with its ledger entry)")
 
     with psycopg.connect(dsn, application_name="support-tool", autocommit=True) as conn:
         for customer_id in support:
             conn.execute("insert into customer_ledger_entries (customer_id, amount, kind, reference) "
-                         "values (%s, %s, 'goodwill', 'support-tool')", (customer_id, GOODWILL))
+                         "values (%s, %s, 'adjustment', 'support-tool goodwill')", (customer_id, GOODWILL))
     print(f"  support-tool: {len(support)} ledger entries of {GOODWILL} without a balance change (customers "
           f"{', '.join(map(str, support))})")
     return 0

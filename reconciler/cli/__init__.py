@@ -34,6 +34,15 @@ def main() -> None:
     except ReconcilerError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(int(ExitCode.USAGE))
+    except Exception as exc:
+        from reconciler.db_errors import first_line, lost_database  # noqa: PLC0415
+
+        lost = lost_database(exc)
+        if lost is None:
+            raise
+        typer.echo(f"error: lost the ledger database: {first_line(lost)}. Once it is back, rerunning is safe",
+                   err=True)
+        sys.exit(int(ExitCode.FAILED))
 
 
 __all__ = ["app", "main"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from enum import IntEnum
 from typing import Any, NoReturn
@@ -64,6 +66,21 @@ def run_or_latest(engine: Engine, run: int | None, what: str) -> int:
     if latest is None:
         fail(f"there is no run to {what} yet; start one with `reconciler run`", ExitCode.USAGE)
     return int(latest)
+
+
+@contextmanager
+def exits_when_database_lost(engine: Engine, doing: str) -> Iterator[None]:
+    """Turn a database that went away inside the block into ONE line on stderr and exit 3 (no traceback):
+    what was lost, which database (without its password), and that rerunning is safe."""
+    try:
+        yield
+    except Exception as exc:
+        from reconciler.db import database_lost  # noqa: PLC0415
+
+        lost = database_lost(exc, engine.url, doing=doing)
+        if lost is None:
+            raise
+        fail(str(lost), ExitCode.FAILED)
 
 
 def open_engine() -> Engine:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.cli.app import ExitCode, app, emit_json, fail, open_engine, run_or_latest
+from reconciler.cli.app import ExitCode, app, emit_json, exits_when_database_lost, fail, open_engine, run_or_latest
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 if TYPE_CHECKING:
@@ -35,8 +35,9 @@ def quality(
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     try:
-        run = run_or_latest(engine, run, "check")
-        summary = check_run_quality(engine, run, out, full=full)
+        with exits_when_database_lost(engine, "checking data quality"):
+            run = run_or_latest(engine, run, "check")
+            summary = check_run_quality(engine, run, out, full=full)
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     except ReconcilerError as exc:

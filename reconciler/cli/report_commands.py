@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from reconciler.cli.app import ExitCode, app, fail, open_engine, run_or_latest
+from reconciler.cli.app import ExitCode, app, exits_when_database_lost, fail, open_engine, run_or_latest
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 
@@ -25,8 +25,9 @@ def report(
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     try:
-        run = run_or_latest(engine, run, "report")
-        folder = build_run_report(engine, run, out)
+        with exits_when_database_lost(engine, "building the report (nothing was written yet)"):
+            run = run_or_latest(engine, run, "report")
+            folder = build_run_report(engine, run, out)
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     except ReconcilerError as exc:

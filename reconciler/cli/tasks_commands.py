@@ -7,19 +7,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.cli.app import ExitCode, emit_json, fail, open_engine, tasks_app
+from reconciler.cli.app import ExitCode, emit_json, exits_when_database_lost, fail, open_engine, tasks_app
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 from reconciler.schema import TASK_STATUSES
+from reconciler.vocabulary import POLICIES
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from reconciler.tasks import Resolved, TaskView
+    from reconciler.correction_executor import Resolved
+    from reconciler.tasks import TaskView
 
 ACTIONS = ("correct", "dismiss")
 #: Columns when stdout is not a terminal (rich would assume 80 and squeeze the table).
 WIDE = 160
-POLICIES = ("ledger", "balance")
 DEFAULT_LIMIT = 100
 _HELP = {
     "status": f"Only this status: {', '.join(TASK_STATUSES)}.",
@@ -120,11 +121,15 @@ def resolve_command(
         fail("--by must name who approves, got an empty value", ExitCode.USAGE)
     if not note.strip():
         fail("--note must say why, got an empty value", ExitCode.USAGE)
-    from reconciler.tasks import resolve_task  # noqa: PLC0415
+    from reconciler.correction_executor import resolve_task  # noqa: PLC0415
 
     engine = _engine()
     try:
-        resolved = resolve_task(engine, int(task_id), action, by, note, policy)
+        with exits_when_database_lost(engine, f"resolving task {task_id} (a correction re-verifies under the "
+                                              f"row lock and is keyed by the task, so it applies at most once)"):
+            resolved = resolve_task(engine, int(task_id), action, by, note, policy)
+    except DatabaseUnavailableError as exc:
+        fail(str(exc), ExitCode.FAILED)
     except ReconcilerError as exc:
         fail(str(exc), ExitCode.USAGE)
     finally:

@@ -37,6 +37,7 @@ from reconciler.errors import (
     NonPositiveAmountError,
     ReconcilerError,
     TransientDatabaseError,
+    UnknownEntryKindError,
 )
 from reconciler.money import MAX_AMOUNT
 from tests.factories import cached_balance, entry_count, ledger_sum, make_customer, post_entry, set_cached_balance
@@ -214,7 +215,11 @@ BAD_UPDATES: list[tuple[str, dict[str, Any], type[ReconcilerError], str]] = [
     ("unknown customer", {"customer_id": 999}, CustomerNotFoundError, "customer 999 does not exist"),
     ("unknown customer debit", {"customer_id": 999, "operation": "subtract"}, CustomerNotFoundError, "999"),
     ("unknown operation", {"operation": "multiply"}, InvalidOperationError, "operation must be one of"),
-    ("empty kind", {"kind": "  "}, InvalidOperationError, "kind must be a non-empty text"),
+    ("empty kind", {"kind": "  "}, UnknownEntryKindError, "entry kind '  ' has surrounding whitespace"),
+    ("unknown kind", {"kind": "bogus"}, UnknownEntryKindError, r"'bogus' is not a known kind; allowed: .*deposit"),
+    ("kind with whitespace", {"kind": "payment "}, UnknownEntryKindError, "surrounding whitespace"),
+    ("kind too long", {"kind": "x" * 100_000}, UnknownEntryKindError, "100000 characters long"),
+    ("kind not text", {"kind": 7}, UnknownEntryKindError, "must be text"),
     ("customer id text", {"customer_id": "1"}, InvalidOperationError, "customer_id must be an int"),
     ("empty key", {"idempotency_key": ""}, InvalidOperationError, "idempotency_key"),
     ("result beyond numeric", {"amount": "2.00", "customer_id": 2}, InvalidAmountError,
@@ -284,7 +289,8 @@ BAD_TRANSFERS: list[tuple[str, tuple[Any, ...], dict[str, Any], type[ReconcilerE
     ("float", (1, 2, 1.0), {}, FloatAmountError, "float"),
     ("zero", (1, 2, "0.00"), {}, NonPositiveAmountError, "greater than 0"),
     ("insufficient", (1, 2, "10.01"), {}, InsufficientFundsError, "short by 0.01"),
-    ("empty kind", (1, 2, "1.00"), {"kind": ""}, InvalidOperationError, "kind"),
+    ("empty kind", (1, 2, "1.00"), {"kind": ""}, UnknownEntryKindError, "'_out' is not a known kind"),
+    ("unknown kind", (1, 2, "1.00"), {"kind": "bogus"}, UnknownEntryKindError, "entry_kinds.json"),
     ("result beyond numeric", (1, 3, "2.00"), {}, InvalidAmountError, r"numeric\(18,2\)"),
 ]
 
@@ -410,6 +416,36 @@ def test_balance_written_around_ledger_opens_one_realtime_task(engine: Engine, c
         "open", D("130.00"), D("100.00"), D("30.00"), "chain_mismatch")
     assert task.evidence["previous_entry_id"] == first.entry_id
     assert task.evidence["detected_by_entry_id"] == paid.entry_id
+
+
+def test_the_realtime_task_opens_with_its_event_like_every_other_task(engine: Engine, core: BalanceManager) -> None:
+    """The realtime task carries its opening event in resolution.events (who, open, drift values), written by
+    the task lifecycle in the payment's own transaction."""
+    make_customer(engine, 1)
+    core.update_balance(1, "100.00", kind="deposit")
+    set_cached_balance(engine, 1, "130.00")
+    core.update_balance(1, "10.00", "subtract", kind="payment")
+    (task,) = realtime_tasks(engine, 1)
+    (event,) = task.resolution["events"]
+    assert (event["action"], event["from"], event["to"], event["by"]) == (
+        "open", None, "open", "balance core (realtime check)")
+    assert event["values"] == {"stored_balance": "130.00", "ledger_sum": "100.00", "drift": "30.00",
+                               "cause": "chain_mismatch"}
+    assert event["at"]
+
+
+def test_a_bogus_kind_writes_nothing_and_names_the_list(engine: Engine, core: BalanceManager) -> None:
+    """kind='bogus' (and 'Payment ', and a 100,000-character kind) is refused before anything is written:
+    no balance, no entry, no task; the error lists the allowed kinds and where to add one."""
+    make_customer(engine, 1, "10.00")
+    post_entry(engine, 1, "10.00", balance_after="10.00")
+    before = state(engine)
+    for kind in ("bogus", "Payment ", "payment" * 20_000):
+        with pytest.raises(UnknownEntryKindError, match=r"allowed: .*payment.*entry_kinds\.json"):
+            core.update_balance(1, "1.00", kind=kind)
+        with pytest.raises(UnknownEntryKindError):
+            core.update_balance(1, "1.00", kind=kind, idempotency_key=f"k-{len(kind)}")
+    assert state(engine) == before
 
 
 def test_no_false_alarm_after_ledger_policy_correction(engine: Engine, core: BalanceManager) -> None:
@@ -640,10 +676,10 @@ def test_random_operations_keep_balance_equal_to_ledger(engine: Engine, operatio
             delta = amount if op[0] == "add" else -amount
             if model[customer] + delta < 0:
                 with pytest.raises(InsufficientFundsError):
-                    core.update_balance(customer, amount, op[0], kind="k")
+                    core.update_balance(customer, amount, op[0], kind="payment")
                 continue
             args = (customer, amount, op[0])
-            result: object = core.update_balance(*args, kind="k", idempotency_key=key if with_key else None)
+            result: object = core.update_balance(*args, kind="payment", idempotency_key=key if with_key else None)
             model[customer] += delta
             if with_key:
                 keyed.append((("update", *args, key), result))
@@ -669,7 +705,7 @@ def test_random_operations_keep_balance_equal_to_ledger(engine: Engine, operatio
         elif keyed:
             (what, *call, key), first = keyed[-1]
             if what == "update":
-                again: Any = core.update_balance(*call, kind="k", idempotency_key=key)
+                again: Any = core.update_balance(*call, kind="payment", idempotency_key=key)
                 assert again.replayed and again.entry_id == first.entry_id  # type: ignore[attr-defined]
             else:
                 again = core.transfer(*call, idempotency_key=key)

@@ -148,7 +148,7 @@ def test_a_task_resolved_meanwhile_is_not_corrected(engine: Engine) -> None:
     """A person dismissed the task between the comparison and the correction step: nothing is written."""
     make_drifting_customer(engine, 1, drift="7.00")
     run_id = staged_run(engine, RunOptions(max_drift_ratio=NO_HALT))
-    from reconciler.tasks import resolve_task
+    from reconciler.correction_executor import resolve_task
 
     resolve_task(engine, the_task(engine, 1).id, "dismiss", "carol", "handled by hand")
     result = pipeline.apply_run_corrections(engine, run_id)

@@ -57,7 +57,7 @@ def ledger(engine: Engine) -> Engine:
     core = BalanceManager(engine)
     for customer_id in (1, 2, 3):
         make_customer(engine, customer_id)
-        core.update_balance(customer_id, D("100.00"), kind="opening")
+        core.update_balance(customer_id, D("100.00"), kind="opening_balance")
     return engine
 
 

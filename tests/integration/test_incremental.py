@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
-from reconciler import change_feed, pipeline
+from reconciler import change_feed
 from reconciler.balances import BalanceManager
 from reconciler.compare import compare_all
 from reconciler.guard import install, uninstall
-from reconciler.pipeline import RunOptions, RunSummary, run_reconciliation
+from reconciler.pipeline import RunOptions, RunSummary, run_reconciliation, steps
 from tests.factories import BYPASS_ROUTES, make_customer, write_around_core
 
 D = Decimal
@@ -70,7 +70,7 @@ def guarded(engine: Engine) -> Engine:
     core = BalanceManager(engine)
     for customer_id in CUSTOMERS:
         make_customer(engine, customer_id)
-        core.update_balance(customer_id, D("100.00"), kind="opening")
+        core.update_balance(customer_id, D("100.00"), kind="opening_balance")
     first = run(engine, "full")
     assert first.verified_to is not None and first.drift_count == 0
     return engine
@@ -144,7 +144,7 @@ def test_a_write_committing_while_the_run_compares_is_found_by_this_run_or_the_n
     writer.execute("update customers set balance = balance + 4 where id = 11")  # open, uncommitted
     write_around_core(guarded, "balance", 12, "3.00")  # committed before the run: in its scope
     committed = threading.Event()
-    real = pipeline.compare_chunk
+    real = steps.compare_chunk
 
     def compare_then_commit(*args: Any, **kwargs: Any) -> Any:
         if not committed.is_set():
@@ -152,14 +152,14 @@ def test_a_write_committing_while_the_run_compares_is_found_by_this_run_or_the_n
             committed.set()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "compare_chunk", compare_then_commit)
+    monkeypatch.setattr(steps, "compare_chunk", compare_then_commit)
     try:
         first = run(guarded, "incremental", workers=1)
     finally:
         writer.close()
     assert committed.is_set()
     assert 12 in found(guarded, first.run_id) and 11 not in checked(guarded, first.run_id)
-    monkeypatch.setattr(pipeline, "compare_chunk", real)
+    monkeypatch.setattr(steps, "compare_chunk", real)
     second = run(guarded, "incremental")
     assert 11 in checked(guarded, second.run_id)
     assert found(guarded, second.run_id) == {11, 12}, "12 still drifts (dry runs); 11 is found now"
@@ -277,7 +277,7 @@ def test_incremental_runs_agree_with_a_full_run_over_random_interleavings(
     ids = [base + i for i in range(1, 7)]
     for customer_id in ids:
         make_customer(engine, customer_id)
-        core.update_balance(customer_id, D("50.00"), kind="opening")
+        core.update_balance(customer_id, D("50.00"), kind="opening_balance")
     start = run(engine, "full")
     verdict = {c: c in found(engine, start.run_id) for c in ids}
     for kind, offset, amount in [*operations, ("run", 0, 0)]:

@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from reconciler import pipeline
+from reconciler.correction_executor import resolve_task
 from reconciler.errors import InvalidOperationError, TaskNotFoundError, TaskStateError
 from reconciler.pipeline import RunOptions, run_reconciliation
 from reconciler.schema import tasks as tasks_table
-from reconciler.tasks import TaskView, get_task, list_tasks, resolve_task
+from reconciler.tasks import TaskView, get_task, list_tasks
 from tests.factories import (
     cached_balance,
     entry_count,

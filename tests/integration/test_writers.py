@@ -46,7 +46,7 @@ def ledger(database_env: URL) -> Iterator[Engine]:
     core = BalanceManager(engine)
     for customer_id in range(1, 11):
         make_customer(engine, customer_id)
-        core.update_balance(customer_id, D("100.00"), kind="opening")
+        core.update_balance(customer_id, D("100.00"), kind="opening_balance")
     yield engine
     engine.dispose()
 
