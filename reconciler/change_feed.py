@@ -40,6 +40,8 @@ SWEEP_DAYS_ENV = "RECONCILER_FULL_SWEEP_DAYS"
 DEFAULT_FULL_SWEEP_DAYS = 7
 #: The feed row a TRUNCATE writes: every customer may have changed.
 ALL_CUSTOMERS = -9_223_372_036_854_775_808
+#: Above this many touched customers an incremental run runs full (cheaper, and its ids are not held in memory).
+MAX_INCREMENTAL_CUSTOMERS = 2_000_000
 
 #: (table role, trigger name, event, REFERENCING clause, function): the feed's statement triggers.
 FEED_TRIGGERS = (
@@ -245,6 +247,7 @@ class Scope:
     touched: int
     with_tasks: int
     truncated: bool
+    too_many: bool = False
 
 
 def take_snapshot(conn: Connection) -> str:
@@ -252,11 +255,16 @@ def take_snapshot(conn: Connection) -> str:
     return str(conn.execute(text("select pg_current_snapshot()::text")).scalar_one())
 
 
-def read_scope(conn: Connection, point: str) -> Scope:
+def read_scope(conn: Connection, point: str, *, limit: int = MAX_INCREMENTAL_CUSTOMERS) -> Scope:
     """In the caller's REPEATABLE READ transaction: its snapshot, and the customers touched by transactions
     visible in it but not in ``point``, plus those with unresolved tasks (so corrections continue as in a
     full run). ``truncated`` when a TRUNCATE is among them."""
     snapshot = take_snapshot(conn)
+    touched = int(conn.execute(text("""
+        select count(distinct customer_id) from reconciler.change_feed
+        where not pg_visible_in_snapshot(xid, cast(:point as pg_snapshot))"""), {"point": point}).scalar_one())
+    if touched > limit:
+        return Scope(snapshot, (), touched, 0, False, too_many=True)
     row = conn.execute(text("""
         with touched as (
             select distinct f.customer_id from reconciler.change_feed f

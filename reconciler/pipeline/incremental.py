@@ -35,12 +35,14 @@ def plan_scope(conn: Connection, read_engine: Engine, run_id: int,
         reader = reader.execution_options(isolation_level="REPEATABLE READ")
         with reader.begin():
             if decision.mode == "incremental" and state.point is not None:
-                scope = change_feed.read_scope(reader, state.point)
+                scope = change_feed.read_scope(reader, state.point, limit=change_feed.MAX_INCREMENTAL_CUSTOMERS)
                 snapshot = scope.snapshot
-                if scope.truncated:
+                if scope.truncated or scope.too_many:
+                    why = ("a TRUNCATE since the last verified point" if scope.truncated else
+                           f"{scope.touched:,} customers touched since the last verified point (more than "
+                           f"{change_feed.MAX_INCREMENTAL_CUSTOMERS:,}: a full run is cheaper)")
                     scope = None
-                    decision = change_feed.ModeDecision(
-                        "full", "incremental requested, ran full: a TRUNCATE since the last verified point")
+                    decision = change_feed.ModeDecision("full", "incremental requested, ran full: " + why)
             else:
                 snapshot = change_feed.take_snapshot(reader)
     # Only a run over everyone, with the feed complete, may verify its snapshot (see verify_snapshot).

@@ -333,3 +333,13 @@ def test_the_report_says_mode_scope_and_verified_points(guarded: Engine, tmp_pat
     html = (Path(summary.report_path) / "report.html").read_text()
     assert "incremental run" in html and "1 touched" in html
     assert str(summary.verified_from) in html and str(summary.verified_to) in html
+
+
+def test_too_many_touched_customers_make_the_run_full(guarded: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond MAX_INCREMENTAL_CUSTOMERS touched customers an incremental run runs full and says why."""
+    monkeypatch.setattr(change_feed, "MAX_INCREMENTAL_CUSTOMERS", 2)
+    for customer_id in (1, 2, 3):
+        write_around_core(guarded, "balance", customer_id, "1.00")
+    summary = run(guarded, "incremental")
+    assert summary.mode == "full" and summary.mode_reason is not None and "3 customers touched" in summary.mode_reason
+    assert found(guarded, summary.run_id) == {1, 2, 3}
