@@ -9,6 +9,9 @@ touched ones are made to drift. Then, on the same data, ``run --incremental --dr
 each timed whole and for its comparison step (from the first chunk started to the last one compared).
 Targets: incremental <= 0.1x full; its comparison <= 0.03x the full comparison. Both ``customers_checked``
 are reported, and the incremental findings must equal the full run's among the customers it checked.
+
+Last, the feed's own cost on the core: ``update_balance`` at 8 threads (pinned connections) with the guard
+observing, with and without the feed's triggers, rounds alternating; the median round of each is reported.
 """
 
 from __future__ import annotations
@@ -99,6 +102,47 @@ def touch(engine: Engine, customers: int) -> tuple[int, list[int]]:
     return len(ids), planted
 
 
+FEED_THREADS = 8
+
+
+def feed_cost(engine: Engine, quick: bool) -> list[dict[str, object]]:
+    """Core throughput with the guard observing, with and without the change feed's triggers."""
+    import contextlib
+    import statistics
+
+    from bench.core import core_worker, measure_threads, release
+    from reconciler import change_feed
+    from reconciler.balances import BalanceManager
+    from reconciler.guard import install, ledger_tables
+
+    manager = BalanceManager(engine)
+    with engine.connect() as conn:
+        tables = ledger_tables(conn)
+    drop = "\n".join(f"drop trigger if exists {name} on {tables.customers if role == 'customers' else tables.entries};"
+                     for role, name, _, _, _ in change_feed.FEED_TRIGGERS)
+    results: dict[str, list[float]] = {"with": [], "without": []}
+    held: list[contextlib.ExitStack] = []
+    seconds = 1.5 if quick else 4.0
+    try:
+        for _ in range(2 if quick else 4):
+            for variant in ("with", "without"):
+                install(engine, "observe")
+                if variant == "without":
+                    with engine.begin() as conn:
+                        conn.execute(text(drop))
+                results[variant].append(measure_threads(FEED_THREADS, seconds,
+                                                        core_worker(manager, pinned=True, held=held)))
+                release(held)
+    finally:
+        release(held)
+        install(engine, "observe")
+    with_feed, without = statistics.median(results["with"]), statistics.median(results["without"])
+    label = f"core update_balance, {FEED_THREADS} threads, guard observe"
+    return [row(f"{label} without the feed", round(without), "ops/s"),
+            row(f"{label} with the feed", round(with_feed), "ops/s"),
+            row("core with feed / without feed", round(with_feed / without, 4), "x")]
+
+
 def run(quick: bool, engine_url: URL) -> list[dict[str, object]]:
     """Run the section on ``engine_url`` (a freshly migrated database of its own) and return its rows."""
     import great_expectations  # noqa: F401  (imported once up front, so neither run pays for it)
@@ -122,6 +166,8 @@ def run(quick: bool, engine_url: URL) -> list[dict[str, object]]:
         log(f"touched {touched:,} customers ({feed_rows:,} feed rows); incremental, then full")
         incremental = timed_run(engine, "incremental")
         full = timed_run(engine, "full")
+        log("the feed's cost on the core's throughput")
+        costs = feed_cost(engine, quick)
     finally:
         engine.dispose()
     total_ratio = incremental["seconds"] / full["seconds"]
@@ -147,4 +193,5 @@ def run(quick: bool, engine_url: URL) -> list[dict[str, object]]:
             incremental["mode"] == "incremental"),
         row("incremental findings = full findings among the checked (planted drifts found)", agree, "bool",
             "yes", agree),
+        *costs,
     ]
