@@ -274,8 +274,9 @@ def read_scope(conn: Connection, point: str, *, limit: int = MAX_INCREMENTAL_CUS
         select (select count(*) from touched where customer_id <> :all) as touched,
                exists (select from touched where customer_id = :all) as truncated,
                (select count(*) from pending where customer_id not in (select customer_id from touched)) as pending,
-               (select coalesce(array_agg(c.id order by c.id), '{}') from customers c
-                where c.id in (select customer_id from touched union select customer_id from pending)) as ids
+               (select coalesce(array_agg(c.id order by c.id), '{}') from customers c  -- primary key probes
+                where c.id = any(array(select customer_id from touched union select customer_id from pending))
+               ) as ids
         """), {"point": point, "all": ALL_CUSTOMERS}).one()
     return Scope(snapshot, tuple(int(i) for i in row.ids), int(row.touched), int(row.pending), bool(row.truncated))
 

@@ -19,6 +19,16 @@ from reconciler.chunks import Chunk, fetch_chunks
 
 from .options import RunOptions
 
+#: Incremental chunks are at least this big (below it a chunk's bookkeeping outweighs its comparison).
+MIN_INCREMENTAL_CHUNK = 1_000
+
+
+def incremental_chunk_size(customers: int, options: RunOptions) -> int:
+    """Touched ids per chunk: at most ``chunk_size``, and small enough that every worker gets two chunks (a
+    few thousand touched customers would otherwise be one chunk on one worker)."""
+    spread = -(-customers // (2 * options.workers))
+    return max(1, min(options.chunk_size, max(MIN_INCREMENTAL_CHUNK, spread)))
+
 
 def plan_scope(conn: Connection, read_engine: Engine, run_id: int,
                options: RunOptions) -> tuple[list[Chunk], list[tuple[int, ...]] | None]:
@@ -50,7 +60,7 @@ def plan_scope(conn: Connection, read_engine: Engine, run_id: int,
                                "trigger_oids": list(state.trigger_oids)}
     chunk_ids: list[tuple[int, ...]] | None = None
     if scope is not None:
-        chunk_ids = change_feed.split_ids(scope.customer_ids, options.chunk_size)
+        chunk_ids = change_feed.split_ids(scope.customer_ids, incremental_chunk_size(len(scope.customer_ids), options))
         feed.update(touched=scope.touched, with_unresolved_tasks=scope.with_tasks)
         planned = [Chunk(index=i, first_id=g[0], last_id=g[-1], customers=len(g)) for i, g in enumerate(chunk_ids)]
     else:
