@@ -63,8 +63,9 @@ class Window:
 
     def describe(self) -> str:
         if self.run_id is not None:
-            start = f"run {self.previous_run_id} started" if self.previous_run_id else "the guard's first record"
-            return f"from when {start} until run {self.run_id} started"
+            if self.previous_run_id is None:
+                return f"everything recorded before run {self.run_id} started"
+            return f"from the start of run {self.previous_run_id} to the start of run {self.run_id}"
         if self.since is not None:
             return f"since {self.since.isoformat()}"
         return "everything the guard recorded"

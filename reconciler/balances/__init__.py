@@ -56,6 +56,10 @@ first result (``replayed=True``) and writes nothing; the same key for a differen
 operation or kind raises :class:`IdempotencyConflictError`. Two callers racing with one key are
 decided by the unique index: the loser's transaction rolls back whole and it returns the winner's result.
 
+The guard (``reconciler.guard``) recognises these writes as the core's: every UPDATE and INSERT in
+:mod:`.statements` has ``CORE_WRITE_MARK`` in its WHERE (a transaction-local ``set_config`` evaluated before
+its first row is written, no extra round trip), so the guard's triggers queue nothing for them.
+
 Serialization failures (40001) and deadlocks (40P01) are retried up to ``max_retries`` times with a
 short jittered backoff, then :class:`TransientDatabaseError`; every other database error propagates.
 """
@@ -101,41 +105,11 @@ from .values import (
 )
 
 __all__ = [
-    "ADJUSTMENT_KIND",
-    "CONNECTION_FAILURE_STATES",
-    "CORE_WRITER",
-    "CORE_WRITE_MARK",
-    "DEFAULT_CACHE_MAX_ENTRIES",
-    "DEFAULT_MAX_RETRIES",
-    "DEFAULT_TOLERANCE",
-    "MAX_KEY_LENGTH",
-    "OPERATIONS",
-    "POLICIES",
-    "REALTIME_CAUSE",
-    "RETRY_BACKOFF_BASE",
-    "RETRY_BACKOFF_CAP",
-    "WRITER_SETTING",
-    "_FAST_CHANGE",
-    "BalanceCache",
-    "BalanceChange",
-    "BalanceCheck",
-    "BalanceManager",
-    "ChainLink",
-    "Reconciliation",
-    "ReconciliationPlan",
-    "Transfer",
-    "chain_drift",
-    "check_customer_id",
-    "check_key",
-    "check_kind",
-    "check_policy",
-    "check_reference",
-    "check_result_balance",
-    "expected_balance_before",
-    "is_connection_failure",
-    "is_retryable",
-    "plan_reconciliation",
-    "shortfall",
-    "signed_amount",
-    "transfer_entry_keys",
+    "ADJUSTMENT_KIND", "CONNECTION_FAILURE_STATES", "CORE_WRITER", "CORE_WRITE_MARK", "DEFAULT_CACHE_MAX_ENTRIES",
+    "DEFAULT_MAX_RETRIES", "DEFAULT_TOLERANCE", "MAX_KEY_LENGTH", "OPERATIONS", "POLICIES", "REALTIME_CAUSE",
+    "RETRY_BACKOFF_BASE", "RETRY_BACKOFF_CAP", "WRITER_SETTING", "_FAST_CHANGE", "BalanceCache", "BalanceChange",
+    "BalanceCheck", "BalanceManager", "ChainLink", "Reconciliation", "ReconciliationPlan", "Transfer",
+    "chain_drift", "check_customer_id", "check_key", "check_kind", "check_policy", "check_reference",
+    "check_result_balance", "expected_balance_before", "is_connection_failure", "is_retryable",
+    "plan_reconciliation", "shortfall", "signed_amount", "transfer_entry_keys",
 ]

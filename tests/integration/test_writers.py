@@ -142,3 +142,7 @@ def test_a_run_explains_and_reports_the_two_writers_by_name(ledger: Engine, data
     assert [(w["application_name"], w["writes"], w["abs_amount"]) for w in data["writers"]] == [
         ("legacy-billing", 1, "12.00"), ("support-tool", 1, "3.50")]
     assert (data["writes"], data["abs_amount"], data["guard_mode"]) == (2, "15.50", "observe")
+    assert data["window"] == f"everything recorded before run {summary.run_id} started"
+    code, out, _ = invoke("writers", "--run", str(summary.run_id), "--json")
+    assert code == 0 and [w["application_name"] for w in json.loads(out)["writers"]] == ["legacy-billing",
+                                                                                          "support-tool"]
