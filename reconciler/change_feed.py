@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
+from reconciler.balances.statements import SETTLED_SETTING
 from reconciler.errors import InvalidOperationError
 
 MODES = ("full", "incremental")
@@ -68,10 +69,14 @@ def functions_sql(search_path: str) -> str:
     No exception block (it would cost a subtransaction per statement): the insert has no foreign key, no
     check to fail and conflicts only with its own transaction, so it cannot wait; should it fail anyway,
     the write fails with it rather than go unseen by incremental runs."""
+    settled = f"current_setting('{SETTLED_SETTING}', true) = 'settled'"
     return f"""
 create or replace function reconciler.feed_customers() returns trigger
 language plpgsql security definer set search_path = {search_path} as $feed$
 begin
+    if {settled} then  -- a reconciliation by the core: balance and ledger equal at its commit
+        return null;
+    end if;
     if tg_op = 'INSERT' then
         insert into reconciler.change_feed (xid, customer_id)
         select distinct pg_current_xact_id(), n.id from new_rows n where n.balance <> 0
@@ -92,6 +97,9 @@ end $feed$;
 create or replace function reconciler.feed_entries() returns trigger
 language plpgsql security definer set search_path = {search_path} as $feed$
 begin
+    if {settled} then
+        return null;
+    end if;
     if tg_op = 'INSERT' then
         insert into reconciler.change_feed (xid, customer_id)
         select distinct pg_current_xact_id(), n.customer_id from new_rows n

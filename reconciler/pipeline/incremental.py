@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 
 from reconciler import change_feed, runs
 from reconciler.chunks import Chunk, fetch_chunks
@@ -70,6 +70,15 @@ def plan_scope(conn: Connection, read_engine: Engine, run_id: int,
                      verified_from=state.point if scope is not None else None)
     runs.merge_outcome(conn, run_id, {"feed": feed})
     return planned, chunk_ids
+
+
+def ratio_population(engine: Engine, mode: str | None, customers_checked: int) -> int:
+    """The customers ``max_drift_ratio`` is judged against: those compared, or for an incremental run every
+    customer (the untouched ones are clean as of the verified point), so both modes halt on the same share."""
+    if mode != "incremental":
+        return customers_checked
+    with engine.connect() as conn:
+        return max(customers_checked, int(conn.execute(text("select count(*) from customers")).scalar_one()))
 
 
 def verify_snapshot(conn: Connection, run_id: int, outcome: Mapping[str, Any]) -> None:

@@ -343,3 +343,14 @@ def test_too_many_touched_customers_make_the_run_full(guarded: Engine, monkeypat
     summary = run(guarded, "incremental")
     assert summary.mode == "full" and summary.mode_reason is not None and "3 customers touched" in summary.mode_reason
     assert found(guarded, summary.run_id) == {1, 2, 3}
+
+
+def test_a_runs_own_corrections_are_not_touches_and_the_halt_counts_everyone(guarded: Engine) -> None:
+    """Corrections settle balance and ledger under the row lock, so the next incremental run does not compare
+    them again; the drift ratio of an incremental run is judged against every customer, as a full run's."""
+    for customer_id in (2, 3):
+        write_around_core(guarded, "balance", customer_id, "4.00")
+    summary = run_reconciliation(guarded, RunOptions(mode="incremental", max_drift_ratio=D("0.2")))
+    assert summary.status == "succeeded" and summary.corrected == 2
+    again = run(guarded, "incremental")
+    assert again.customers_checked == 0 and drifting_now(guarded) == set()
