@@ -49,6 +49,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from reconciler import change_feed
+from reconciler.audit import AuditEvent, append_audit
 from reconciler.balances import CORE_WRITER, WRITER_SETTING
 from reconciler.errors import InvalidOperationError, ReconcilerError
 from reconciler.tasks import BYPASS_TASK_UPSERT
@@ -397,11 +398,14 @@ def _server_version(conn: Connection) -> int:
     return int(conn.execute(text("show server_version_num")).scalar_one())
 
 
-def _changing(engine: Engine, body: str) -> None:
+def _changing(engine: Engine, body: str, change: dict[str, object]) -> None:
     try:
         with engine.begin() as conn:
             conn.execute(text(f"set local lock_timeout = '{INSTALL_LOCK_TIMEOUT}'"))
             conn.execute(text(body.replace(":", r"\:")))
+            # The mode change is on the audit chain, in the same transaction (who: the database login).
+            who = str(conn.execute(text("select session_user")).scalar_one())
+            append_audit(conn, AuditEvent("guard", who, change))
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) == "55P03":
             raise GuardBusyError(
@@ -421,7 +425,7 @@ def install(engine: Engine, mode: str, allow: Sequence[str] = ()) -> GuardStatus
     # the same transaction, so the next run is full.
     forget = "" if _feed_complete(engine) else "\ndelete from reconciler.verified_point;"
     _changing(engine, functions_sql(tables) + "\n" + triggers_sql(tables, mode, allow, or_replace=or_replace)
-              + forget)
+              + forget, {"mode": mode, "allow": list(allow)})
     return guard_status(engine)
 
 
@@ -438,7 +442,7 @@ def uninstall(engine: Engine) -> GuardStatus:
             tables: LedgerTables | None = ledger_tables(conn)
         except InvalidOperationError:
             tables = None
-    _changing(engine, uninstall_sql(tables) + "\ndelete from reconciler.verified_point;")
+    _changing(engine, uninstall_sql(tables) + "\ndelete from reconciler.verified_point;", {"mode": "off", "allow": []})
     return guard_status(engine)
 
 

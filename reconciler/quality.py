@@ -46,6 +46,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, text
 from sqlalchemy.engine import URL
 
 from reconciler.config import reports_dir
+from reconciler.db import read_only_url, reading
 from reconciler.entry_kinds import EntryKinds, load_entry_kinds
 from reconciler.errors import InvalidOperationError, RunNotFoundError
 from reconciler.money import DEFAULT_TOLERANCE, to_tolerance
@@ -291,16 +292,19 @@ def default_out_dir(run_id: int) -> Path:
 
 
 def check_run_quality(engine: Engine, run_id: int, out_dir: Path | None = None, *,
-                      full: bool = False) -> QualitySummary:
+                      full: bool = False, read_engine: Engine | None = None) -> QualitySummary:
     """Run every suite for ``run_id`` through GX (ephemeral context, one Checkpoint), build Data Docs into
     ``<out_dir>/data_docs`` (default: the run's report folder) and store one result row per expectation.
-    ``full`` makes the incremental checks read the whole ledger history (slow on a large ledger)."""
+    ``full`` makes the incremental checks read the whole ledger history (slow on a large ledger). The suites
+    read on ``read_engine`` (default ``engine``), in read-only sessions; only the results are written, on
+    ``engine``."""
     started = time.monotonic()
     specs = load_suites()
-    with engine.connect() as conn:
+    reader = read_engine or engine
+    with reading(reader) as conn:
         values = read_run_values(conn, run_id, full=full)
     docs_dir = (out_dir or default_out_dir(run_id)) / DATA_DOCS_DIR
-    outcomes = run_suites(gx_connection_string(engine.url), specs, values, docs_dir)
+    outcomes = run_suites(gx_connection_string(read_only_url(reader.url)), specs, values, docs_dir)
     with engine.begin() as conn:
         store_outcomes(conn, run_id, outcomes, docs_dir, values.checked_at)
     failed = [o for o in outcomes if not o.success]

@@ -192,6 +192,15 @@ class WritersFacts:
 
 
 @dataclass(frozen=True)
+class AuditAnchor:
+    """The audit chain's head when the report was read (``reconciler audit verify`` prints the same pair), so
+    two copies of a report can be compared with the database later."""
+
+    length: int
+    hash: str
+
+
+@dataclass(frozen=True)
 class ReportInput:
     run: RunFacts
     outcomes: tuple[OutcomeGroup, ...]
@@ -205,6 +214,7 @@ class ReportInput:
     book: BookTotals | None = None
     data_docs_href: str | None = None
     writers: WritersFacts | None = None
+    audit_head: AuditAnchor | None = None
 
 
 # ---- outputs: what the page, the CSV check and summary.json show --------------------------------------------
@@ -331,6 +341,7 @@ class ReportModel:
     now: dt.datetime
     writers: WritersView | None = None
     busy: tuple[BusyLine, ...] = ()
+    audit_head: AuditAnchor | None = None
 
     def to_json(self) -> dict[str, object]:
         """summary.json: decimals as strings, times ISO 8601."""
@@ -376,6 +387,8 @@ class ReportModel:
                             for w in self.writers.lines]},
             "busy": [{"customer_id": b.customer_id, "task_id": b.task_id, "lockers": b.lockers,
                       "runs_in_a_row": b.runs_in_a_row, "called_out": b.called_out} for b in self.busy],
+            "audit_head": ({"length": self.audit_head.length, "hash": self.audit_head.hash}
+                           if self.audit_head else None),
         }
 
 
@@ -633,4 +646,5 @@ def build_report_model(inp: ReportInput) -> ReportModel:
         now=inp.now,
         writers=build_writers(inp.writers),
         busy=build_busy(inp.run),
+        audit_head=inp.audit_head,
     )

@@ -43,7 +43,7 @@ log = logging.getLogger("reconciler.pipeline")
 
 
 def _compare_all(engine: Engine, run_id: int, plan: Sequence[Mapping[str, int]], options: RunOptions,
-                 progress: Progress | None, beat: Callable[[], None]) -> None:
+                 progress: Progress | None, beat: Callable[[], None], read_engine: Engine | None) -> None:
     total = len(plan)
     done = checked = 0
     if progress is not None:
@@ -58,7 +58,7 @@ def _compare_all(engine: Engine, run_id: int, plan: Sequence[Mapping[str, int]],
                     item = next(queue, None)
                     if item is None:
                         break
-                    pending.add(pool.submit(_compare, engine, run_id, item["chunk_index"], options))
+                    pending.add(pool.submit(_compare, engine, run_id, item["chunk_index"], options, read_engine))
                 if not pending:
                     break
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -76,8 +76,12 @@ def _compare_all(engine: Engine, run_id: int, plan: Sequence[Mapping[str, int]],
 
 
 def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "cli",
-                       progress: Progress | None = None, report_dir: Path | None = None) -> RunSummary:
+                       progress: Progress | None = None, report_dir: Path | None = None,
+                       read_engine: Engine | None = None) -> RunSummary:
     """Run every step in this process, chunks compared in parallel on ``options.workers`` connections.
+
+    The read-only steps (compare and explain, quality checks, report) read on ``read_engine`` when given (the
+    read URL: a replica, or a login that may only SELECT), else on ``engine``; read only either way.
 
     The run holds a session advisory lock for its whole life, so if this process dies the next run marks it
     ``failed`` at once. Bad options or unknown ``customer_ids`` raise before anything is written; an error
@@ -106,12 +110,12 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
 
                 preload_great_expectations()  # the 2.5 s import overlaps with comparing the chunks
                 step = "planning its chunks"
-                plan = plan_run(engine, run_id)
+                plan = plan_run(engine, run_id, read_engine=read_engine)  # the snapshot where comparisons read
                 step = "comparing its chunks"
-                _compare_all(engine, run_id, plan, options, progress, beat)
+                _compare_all(engine, run_id, plan, options, progress, beat, read_engine)
                 beat()
                 step = "checking data quality"
-                check_quality(engine, run_id)
+                check_quality(engine, run_id, read_engine=read_engine)
                 step = "opening tasks"
                 open_run_tasks(engine, run_id)
                 step = "correcting"
@@ -120,7 +124,7 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
                 finish_run(engine, run_id)
                 # After finishing, so the filed report shows the run's final status, not "running".
                 step = "building the report"
-                build_report(engine, run_id, report_dir)
+                build_report(engine, run_id, report_dir, read_engine=read_engine)
                 return load_summary(engine, run_id)
             except Exception as exc:
                 lost = database_lost(exc, engine.url, doing=f"{step} (run {run_id})")

@@ -11,14 +11,14 @@
 - A guard installed before this revision gets its feed triggers now (else it would read as incomplete).
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0007
 """
 
 from alembic import op
 from sqlalchemy import text
 
 revision = "0009"
-down_revision = "0006"
+down_revision = "0007"
 
 
 def upgrade() -> None:
