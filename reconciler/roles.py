@@ -39,7 +39,9 @@ CORE_TABLES = {"balance_reconciliations": ("SELECT", "INSERT"), "tasks": ("SELEC
 #: reconciler tables an operator's run writes, and how.
 OPERATOR_TABLES = {"runs": ("SELECT", "INSERT", "UPDATE"), "run_chunks": ("SELECT", "INSERT", "UPDATE"),
                    "findings": ("SELECT", "INSERT", "UPDATE"), "tasks": ("SELECT", "INSERT", "UPDATE"),
-                   "quality_results": ("SELECT", "INSERT", "DELETE")}
+                   "quality_results": ("SELECT", "INSERT", "DELETE"),
+                   # incremental runs: a finished run moves the verified point and prunes the feed it covers
+                   "verified_point": ("SELECT", "INSERT", "UPDATE"), "change_feed": ("SELECT", "DELETE")}
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
 
                 preload_great_expectations()  # the 2.5 s import overlaps with comparing the chunks
                 step = "planning its chunks"
-                plan = plan_run(engine, run_id)
+                plan = plan_run(engine, run_id, read_engine=read_engine)  # the snapshot where comparisons read
                 step = "comparing its chunks"
                 _compare_all(engine, run_id, plan, options, progress, beat, read_engine)
                 beat()
