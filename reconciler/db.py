@@ -7,20 +7,18 @@ The embedded server (pgserver: a real PostgreSQL 16 on a Unix socket, no TCP) li
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 
 from reconciler.config import EMBEDDED_DATABASE, configured_database_url, home_dir
 from reconciler.db_errors import first_line, lost_database
+from reconciler.embedded import ensure_database_at, pgdata_dir, prepare_runtime_dir, start_server
 from reconciler.errors import DatabaseLostError, DatabaseUnavailableError
 
 DEFAULT_POOL_SIZE = 10
@@ -39,39 +37,9 @@ def describe_url(url: str | URL) -> str:
     return normalise_url(url).render_as_string(hide_password=True)
 
 
-def _prepare_runtime_dir(home: Path) -> None:
-    # pgserver picks its lock and socket folder at import time from XDG_RUNTIME_DIR and warns
-    # (an error under -W error) unless that folder is private; give it one of ours.
-    if os.environ.get("XDG_RUNTIME_DIR") and Path(os.environ["XDG_RUNTIME_DIR"]).is_dir():
-        return
-    runtime = home / "run"
-    runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
-    runtime.chmod(0o700)
-    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
-
-
-def pgdata_dir(home: Path | None = None) -> Path:
-    return (home or home_dir()) / "pgdata"
-
-
 def start_embedded(home: Path | None = None, database: str = EMBEDDED_DATABASE) -> URL:
     """Start (or attach to) the embedded PostgreSQL and return a URL for ``database``, created if missing."""
-    home = home or home_dir()
-    home.mkdir(parents=True, exist_ok=True)
-    _prepare_runtime_dir(home)
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    import pgserver  # noqa: PLC0415  (heavy, and needs XDG_RUNTIME_DIR set first)
-
-    server = pgserver.get_server(pgdata_dir(home), cleanup_mode=None)
-    info = pgserver.utils.PostmasterInfo.read_from_pgdata(server.pgdata)
-    if info is None or not info.is_running():
-        # pgserver caches one handle per folder for the life of the process and never restarts its server:
-        # a long-lived process (an Airflow worker, a service) must bring a stopped server back itself.
-        with server._lock:
-            server.ensure_postgres_running()
-    socket_path = server.get_postmaster_info().socket_path
-    assert socket_path is not None  # pgserver always listens on a Unix socket here
-    socket_dir = socket_path.parent
+    socket_dir = start_server(home)
     url = URL.create("postgresql+psycopg", username="postgres", host="localhost", database=database,
                      query={"host": str(socket_dir)})
     ensure_database(url)
@@ -82,11 +50,7 @@ def ensure_database(url: URL) -> None:
     """Create the database named in ``url`` when it does not exist (connecting to ``postgres`` to do so)."""
     name = url.database
     assert name
-    admin = url.set(database="postgres")
-    with psycopg.connect(_libpq_dsn(admin), autocommit=True) as conn:
-        exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    ensure_database_at(_libpq_dsn(url), name)
 
 
 def _libpq_dsn(url: URL) -> str:
@@ -99,7 +63,7 @@ def stop_embedded(home: Path | None = None) -> bool:
     pid_file = pgdata / "postmaster.pid"
     if not pid_file.exists():
         return False
-    _prepare_runtime_dir(home or home_dir())
+    prepare_runtime_dir(home or home_dir())
     from pgserver._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
 
     command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"]

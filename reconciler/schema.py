@@ -19,6 +19,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from reconciler import vocabulary
+
 SCHEMA = "reconciler"
 MONEY = Numeric(18, 2, asdecimal=True)
 #: Totals over many customers can exceed a single balance's range.
@@ -145,7 +147,7 @@ demo_plants = Table(
 
 RUN_STATUSES = ("running", "succeeded", "failed", "halted")
 RUN_TRIGGERS = ("scheduled", "manual", "cli")
-TASK_STATUSES = ("open", "needs_review", "corrected", "dismissed")
+TASK_STATUSES = vocabulary.TASK_STATUSES
 UNRESOLVED_STATUSES = ("open", "needs_review")
 TASK_SOURCES = ("run", "realtime")
 

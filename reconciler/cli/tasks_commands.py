@@ -9,8 +9,7 @@ import typer
 
 from reconciler.cli.app import ExitCode, emit_json, exits_when_database_lost, fail, open_engine, tasks_app
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
-from reconciler.schema import TASK_STATUSES
-from reconciler.vocabulary import POLICIES
+from reconciler.vocabulary import POLICIES, TASK_STATUSES
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
