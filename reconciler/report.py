@@ -31,6 +31,7 @@ from reconciler.report_model import (
     BookTotals,
     CauseGroup,
     ChangeCounts,
+    ComparedTotals,
     DriftLine,
     HistoryPoint,
     OutcomeGroup,
@@ -60,16 +61,19 @@ def default_report_dir(run_id: int) -> Path:
 
 def build_run_report(engine: Engine, run_id: int, out_dir: Path | None = None, *,
                      now: dt.datetime | None = None, top: int = DEFAULT_TOP_DRIFTS,
-                     trend_runs: int = DEFAULT_TREND_RUNS) -> Path:
+                     trend_runs: int = DEFAULT_TREND_RUNS, book_now: bool = False) -> Path:
     """Write ``report.html``, ``tasks.csv`` and ``summary.json`` for ``run_id`` into ``out_dir`` (default
-    ``reports_dir()/run-N``) and return that folder. Raises :class:`RunNotFoundError` for an unknown run."""
+    ``reports_dir()/run-N``) and return that folder. Raises :class:`RunNotFoundError` for an unknown run.
+    The scope's tie-out comes from the run's own comparison snapshots; ``book_now`` adds the scope as it
+    stands now (a second pass over the ledger)."""
     target = Path(out_dir) if out_dir is not None else default_report_dir(run_id)
     target.mkdir(parents=True, exist_ok=True)
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
         conn.execute(text("set transaction read only"))
         moment = now or conn.execute(text("select now()")).scalar_one()
         docs = _data_docs_href(conn, run_id, target)
-        inp = fetch_report_input(conn, run_id, moment, top=top, trend_runs=trend_runs, data_docs_href=docs)
+        inp = fetch_report_input(conn, run_id, moment, top=top, trend_runs=trend_runs, data_docs_href=docs,
+                                 book_now=book_now)
         write_tasks_csv(conn, run_id, target / CSV_NAME)
     model = build_report_model(inp)
     (target / JSON_NAME).write_text(json.dumps(model.to_json(), indent=2) + "\n")
@@ -165,6 +169,23 @@ def fetch_book(conn: Connection, run: RunFacts) -> BookTotals:
                       Decimal(row.unresolved_drift))
 
 
+def fetch_compared(conn: Connection, run: RunFacts) -> ComparedTotals:
+    """The run's scope totals from its own comparison statements (``run_chunks``) and its findings: two small
+    reads, never a pass over the ledger."""
+    from reconciler.run_chunks import compared_totals  # noqa: PLC0415
+
+    totals = compared_totals(conn, run.run_id)
+    found = conn.execute(text("select count(*), coalesce(sum(drift), 0) from reconciler.findings where run_id = :r"),
+                         {"r": run.run_id}).one()
+    return ComparedTotals(
+        chunks=int(totals.chunks), compared_chunks=int(totals.compared_chunks),
+        chunks_with_totals=int(totals.chunks_with_totals), customers=int(totals.customers),
+        cached_total=Decimal(totals.balance_total), ledger_total=Decimal(totals.ledger_total),
+        found_customers=int(found[0]), found_net_drift=Decimal(found[1]),
+        first_compared_at=totals.first_compared_at, last_compared_at=totals.last_compared_at,
+        first_snapshot=totals.first_snapshot, last_snapshot=totals.last_snapshot)
+
+
 def fetch_top_drifts(conn: Connection, run: RunFacts, limit: int) -> tuple[DriftLine, ...]:
     rows = conn.execute(text(f"""
         with {_RUN_TASKS}
@@ -248,13 +269,18 @@ def fetch_quality(conn: Connection, run_id: int) -> tuple[QualityLine, ...]:
 
 
 def fetch_report_input(conn: Connection, run_id: int, now: dt.datetime, *, top: int = DEFAULT_TOP_DRIFTS,
-                       trend_runs: int = DEFAULT_TREND_RUNS, data_docs_href: str | None = None) -> ReportInput:
+                       trend_runs: int = DEFAULT_TREND_RUNS, data_docs_href: str | None = None,
+                       book_now: bool = False) -> ReportInput:
+    """Everything the report shows, in the caller's snapshot. The scope's totals come from the run's own
+    comparison statements; ``book_now`` adds the whole scope as it stands now (one more pass over the
+    ledger: seconds on a large one)."""
     run = fetch_run(conn, run_id)
     return ReportInput(
         run=run, outcomes=fetch_outcomes(conn, run), top_drifts=fetch_top_drifts(conn, run, top),
         causes=fetch_causes(conn, run_id), unresolved=fetch_unresolved(conn, run), changes=fetch_changes(conn, run),
         history=fetch_history(conn, run_id, trend_runs), quality=fetch_quality(conn, run_id), now=now,
-        book=fetch_book(conn, run), data_docs_href=data_docs_href)
+        book=fetch_book(conn, run) if book_now else None, compared=fetch_compared(conn, run),
+        data_docs_href=data_docs_href)
 
 
 def write_tasks_csv(conn: Connection, run_id: int, path: Path) -> None:

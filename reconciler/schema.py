@@ -81,6 +81,11 @@ run_chunks = Table(
     Column("customers_checked", BigInteger),
     Column("drift_count", BigInteger),
     Column("compared_at", DateTime(timezone=True)),
+    # migration 0008: totals of the comparison statement itself (the report's tie-out, no second pass)
+    Column("compared_customers", BigInteger),
+    Column("balance_total", TOTAL),
+    Column("ledger_total", TOTAL),
+    Column("snapshot", Text),
     schema=SCHEMA,
 )
 

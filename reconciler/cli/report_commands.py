@@ -16,6 +16,8 @@ def report(
     run: Annotated[int | None, typer.Option("--run", help="The run to report (default: the latest run).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder to write into (default: "
                                                           ".reconciler/reports/run-N).")] = None,
+    book_now: Annotated[bool, typer.Option("--book-now", help="Also tie out the whole scope as it stands now "
+                                                              "(one more pass over the ledger).")] = False,
 ) -> None:
     """Build the finance report of a run and print the path of its HTML file."""
     from reconciler.report import build_run_report, report_html_path  # noqa: PLC0415
@@ -27,7 +29,7 @@ def report(
     try:
         with exits_when_database_lost(engine, "building the report (nothing was written yet)"):
             run = run_or_latest(engine, run, "report")
-            folder = build_run_report(engine, run, out)
+            folder = build_run_report(engine, run, out, book_now=book_now)
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     except ReconcilerError as exc:

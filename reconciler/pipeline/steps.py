@@ -24,7 +24,7 @@ from reconciler import findings as finding_store
 from reconciler import run_chunks as chunk_store
 from reconciler import runs, tasks
 from reconciler.chunks import Chunk, fetch_chunks
-from reconciler.compare import Drift, compare_chunk
+from reconciler.compare import ChunkComparison, compare_chunk_totals
 from reconciler.corrections import (
     DEFAULT_STATEMENT_TIMEOUT,
 )
@@ -136,9 +136,9 @@ def plan_run(engine: Engine, run_id: int) -> list[dict[str, int]]:
                  "customers": c.customers} for c in planned]
 
 
-def _find_drifts(conn: Connection, chunk: Chunk, options: RunOptions) -> tuple[list[Drift], dict[int, Explanation]]:
-    drifts = compare_chunk(conn, chunk, options.tolerance, customer_ids=options.customer_ids)
-    return drifts, (explain_drifts(conn, drifts) if drifts else {})
+def _find_drifts(conn: Connection, chunk: Chunk, options: RunOptions) -> tuple[ChunkComparison, dict[int, Explanation]]:
+    compared = compare_chunk_totals(conn, chunk, options.tolerance, customer_ids=options.customer_ids)
+    return compared, (explain_drifts(conn, compared.drifts) if compared.drifts else {})
 
 
 def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions,
@@ -155,7 +155,7 @@ def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions,
         chunk = Chunk(index=chunk_index, first_id=int(row.first_id), last_id=int(row.last_id),
                       customers=int(row.planned_customers))
         if read_engine is None:
-            drifts, explanations = _find_drifts(conn, chunk, options)
+            compared, explanations = _find_drifts(conn, chunk, options)
         else:
             # A replica may lag: that can delay a finding, never cause a wrong write, because every correction
             # re-verifies on the primary under the row lock. One snapshot for compare and explain.
@@ -163,9 +163,10 @@ def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions,
                 replica = replica.execution_options(isolation_level="REPEATABLE READ")
                 with replica.begin():
                     _local_timeouts(replica)
-                    drifts, explanations = _find_drifts(replica, chunk, options)
+                    compared, explanations = _find_drifts(replica, chunk, options)
+        drifts = compared.drifts
         finding_store.stage_findings(conn, run_id, chunk_index, drifts, explanations)
-        chunk_store.mark_compared(conn, run_id, chunk, len(drifts))
+        chunk_store.mark_compared(conn, run_id, chunk, len(drifts), compared)
         return {"chunk_index": chunk_index, "customers_checked": chunk.customers, "drift_count": len(drifts)}
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError
 from reconciler import migrate
 from reconciler.db import make_engine
 
-HEAD = "0004"
+HEAD = "0008"
 
 
 @pytest.fixture

@@ -1,0 +1,31 @@
+"""Per-chunk totals out of the comparison statement, so a run's report ties out from the run's own snapshots
+without summing the ledger a second time: how many customers each chunk compared, the sum of their cached
+balances, the sum of their ledger sums, and the snapshot (``pg_current_snapshot()``) the statement read.
+
+Revision ID: 0008
+Revises: 0005
+"""
+
+from alembic import op
+from sqlalchemy import text
+
+revision = "0008"
+down_revision = "0004"
+
+
+def upgrade() -> None:
+    op.get_bind().execute(text("""
+        alter table reconciler.run_chunks
+            add column compared_customers bigint,
+            add column balance_total numeric(24,2),
+            add column ledger_total numeric(24,2),
+            add column snapshot text"""))
+
+
+def downgrade() -> None:
+    op.get_bind().execute(text("""
+        alter table reconciler.run_chunks
+            drop column if exists snapshot,
+            drop column if exists ledger_total,
+            drop column if exists balance_total,
+            drop column if exists compared_customers"""))
