@@ -8,13 +8,16 @@ The embedded server (pgserver: a real PostgreSQL 16 on a Unix socket, no TCP) li
 from __future__ import annotations
 
 import os
+import select
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+import psycopg
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 
 from reconciler.config import EMBEDDED_DATABASE, configured_database_url, home_dir
 from reconciler.db_errors import first_line, lost_database
@@ -22,6 +25,10 @@ from reconciler.embedded import ensure_database_at, pgdata_dir, prepare_runtime_
 from reconciler.errors import DatabaseLostError, DatabaseUnavailableError
 
 DEFAULT_POOL_SIZE = 10
+#: A pooled connection idle for longer than this is pinged (one round trip) before it is handed out; a busier
+#: one is checked without a round trip (see :func:`_check_liveness`).
+LIVENESS_IDLE_SECONDS = 30.0
+_CHECKED_IN_AT = "reconciler.checked_in_at"
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -84,14 +91,60 @@ def database_url() -> URL:
 
 def make_engine(url: str | URL | None = None, *, check: bool = True, **kwargs: Any) -> Engine:
     """An engine on ``url`` (default :func:`database_url`); with ``check`` it connects once and raises
-    :class:`DatabaseUnavailableError` with one clear line when the database cannot be reached."""
+    :class:`DatabaseUnavailableError` with one clear line when the database cannot be reached.
+
+    Liveness: instead of SQLAlchemy's pre-ping (a round trip on EVERY checkout), each checkout looks at the
+    connection's socket without a round trip and pings only when that finds something, or when the connection
+    sat idle for :data:`LIVENESS_IDLE_SECONDS` (:func:`_check_liveness`). A connection found dead is replaced
+    before any statement is sent on it, so that retry is always safe. ``pool_pre_ping=True`` restores the
+    pre-ping (and turns the cheaper check off)."""
     target = normalise_url(url) if url is not None else database_url()
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": DEFAULT_POOL_SIZE, "max_overflow": 10}
+    options: dict[str, Any] = {"pool_pre_ping": False, "pool_size": DEFAULT_POOL_SIZE, "max_overflow": 10}
     options.update(kwargs)
     engine = create_engine(target, **options)
+    if not options["pool_pre_ping"] and engine.dialect.driver == "psycopg":
+        event.listen(engine, "checkout", _check_liveness)
+        event.listen(engine, "checkin", _note_checkin)
     if check:
         check_connection(engine)
     return engine
+
+
+def _note_checkin(dbapi_connection: Any, record: Any) -> None:
+    record.info[_CHECKED_IN_AT] = time.monotonic()
+
+
+def connection_is_alive(conn: psycopg.Connection[Any], idle_seconds: float) -> bool:
+    """Whether an idle psycopg connection can take a statement, at the least cost that keeps that safe.
+
+    An idle connection's socket has nothing to read. When the server ends the session (a restart, a
+    terminated backend, an idle-session timeout) it sends an error and closes it, so the socket becomes
+    readable: that costs one ``select()`` to see, no round trip. Then, or after ``idle_seconds`` >=
+    :data:`LIVENESS_IDLE_SECONDS` (a network that dropped the connection silently), one ``SELECT 1`` decides.
+    Nothing of a caller's statement has been sent when this answers, so replacing a dead connection is safe."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    if not readable and idle_seconds < LIVENESS_IDLE_SECONDS:
+        return True
+    try:
+        conn.execute("SELECT 1")
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _check_liveness(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Pool ``checkout`` hook: hand out only a live connection (:func:`connection_is_alive`); a dead one raises
+    DisconnectionError, on which the pool discards it and checks out (or opens) another."""
+    idle = time.monotonic() - record.info.get(_CHECKED_IN_AT, 0.0) if _CHECKED_IN_AT in record.info else 0.0
+    if not connection_is_alive(dbapi_connection, idle):
+        raise DisconnectionError("the pooled connection was found closed by the server before use")
 
 
 def check_connection(engine: Engine) -> None:

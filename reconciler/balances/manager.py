@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import psycopg
 from sqlalchemy import Connection, Engine, TextClause
@@ -172,10 +172,11 @@ class BalanceManager:
             cached, generation = self._cache.get(customer_id)
             if cached is not None:
                 return cached
-        with self._reading() as conn:
-            balance = conn.execute(_READ_BALANCE, {"customer_id": customer_id}).scalar_one_or_none()
-        if balance is None:
+        # ONE primary-key read in autocommit on the pooled psycopg connection: no BEGIN, no ROLLBACK on return.
+        row = self._execute_autocommit(_READ_BALANCE, {"customer_id": customer_id}, one=False)
+        if row is None:
             raise _not_found(customer_id)
+        balance = row[0]
         if self._cache is not None:
             self._cache.put(customer_id, balance, generation)
         return Decimal(balance)
@@ -418,8 +419,17 @@ class BalanceManager:
 
     # -- helpers ------------------------------------------------------------------------------------
 
-    def _execute_autocommit(self, statement: TextClause, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        """Run one statement as its own transaction and return its single row.
+    @overload
+    def _execute_autocommit(self, statement: TextClause, params: Mapping[str, Any]) -> tuple[Any, ...]: ...
+
+    @overload
+    def _execute_autocommit(self, statement: TextClause, params: Mapping[str, Any], *,
+                            one: bool) -> tuple[Any, ...] | None: ...
+
+    def _execute_autocommit(self, statement: TextClause, params: Mapping[str, Any], *,
+                            one: bool = True) -> tuple[Any, ...] | None:
+        """Run one statement as its own transaction and return its single row (with ``one=False``: its first
+        row, or None).
 
         This is the hot path, measured: SQLAlchemy's execution layer plus BEGIN and COMMIT cost about as
         much client CPU as the database work itself, so the statement (a Core ``text()`` construct, bound
@@ -441,8 +451,8 @@ class BalanceManager:
                 cursor = proxied.info.get(_CURSOR_INFO_KEY)
                 if cursor is None or cursor.closed or cursor.connection is not conn:
                     cursor = proxied.info[_CURSOR_INFO_KEY] = conn.cursor()
-                row = cursor.execute(sql, params).fetchone()
-                assert row is not None  # the statement always returns exactly one row
+                row = cursor.execute(sql, params, prepare=True).fetchone()
+                assert row is not None or not one  # the change statements always return exactly one row
                 return row
             finally:
                 if not conn.broken:
