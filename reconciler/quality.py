@@ -18,13 +18,16 @@ Cost: checks the database already guarantees (NOT NULL, a valid unique index, a 
 the numeric(18,2) type) are proven from the catalog, and read the rows only when the guarantee is missing.
 The ledger is append-only, so the kind and ``balance_after`` chain checks read the entries appended since
 the last stored check; an expectation's first check reads the whole history of a ledger of up to
-:data:`FULL_HISTORY_LIMIT` entries (``full=True`` always does). The watermark lags by
-:data:`WATERMARK_LAG` so an entry whose transaction was still open at check time is read again next time.
+:data:`FULL_HISTORY_LIMIT` entries (``full=True`` always does). Where the last check stopped is a
+:class:`reconciler.positions.Position` (entry ids plus the snapshot's in-flight transactions), stored with each
+result: an entry whose transaction was still open at check time is read by the next check, with no clock lag
+and whatever ``created_at`` says. (The tasks window still goes by ``updated_at`` with :data:`WATERMARK_LAG`.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -49,10 +52,11 @@ from reconciler.config import reports_dir
 from reconciler.entry_kinds import EntryKinds, load_entry_kinds
 from reconciler.errors import InvalidOperationError, RunNotFoundError
 from reconciler.money import DEFAULT_TOLERANCE, to_tolerance
+from reconciler.positions import Position, read_position
 from reconciler.schema import quality_results, runs
 
 EXPECTATIONS_ENV = "RECONCILER_EXPECTATIONS_DIR"
-#: Entries newer than this (by created_at) at check time are read again by the next check.
+#: Tasks updated less than this before check time are read again by the next check (the tasks window).
 WATERMARK_LAG = dt.timedelta(hours=1)
 #: An expectation never checked before reads the whole history of a ledger up to this many entries; on a
 #: larger ledger it starts at the current watermark (``reconciler quality --full`` reads everything once).
@@ -132,6 +136,9 @@ class RunValues:
     tasks_since: Mapping[str, dt.datetime] = field(default_factory=dict)
     #: Where an expectation never checked before starts: 0 (the whole history) or the current watermark.
     first_entries_after: int = 0
+    #: The ledger position at check time (stored with each entries window; the next check starts at its
+    #: ``settled_id``).
+    position: Position | None = None
 
     def after(self, name: str) -> int:
         return self.entries_after.get(name, self.first_entries_after)
@@ -144,7 +151,8 @@ class RunValues:
         if kind == "entries":
             after = self.after(name)
             return {"entries_after": after, "entries_through": max(self.entries_through, after),
-                    "full_history": after == 0}
+                    "full_history": after == 0,
+                    "position": self.position.to_json() if self.position is not None else None}
         if kind == "tasks":
             return {"tasks_since": self.tasks_since.get(name, _EPOCH).isoformat(),
                     "tasks_until": (self.checked_at - WATERMARK_LAG).isoformat()}
@@ -258,21 +266,34 @@ def read_run_values(conn: Connection, run_id: int, *, full: bool = False,
     params = row.params if isinstance(row.params, dict) else {}
     checked_at = conn.execute(text("select now()")).scalar_one()
     previous = [] if full else conn.execute(text("""
-        select distinct on (expectation) expectation,
+        select distinct on (expectation) expectation, id,
                (details -> 'window' ->> 'entries_through')::bigint as entries_through,
+               details -> 'window' -> 'position' as position,
                (details -> 'window' ->> 'tasks_until')::timestamptz as tasks_until
         from reconciler.quality_results
         where run_id is distinct from :run and jsonb_typeof(details -> 'window') = 'object'
         order by expectation, id desc"""), {"run": run_id}).all()
-    watermark = int(conn.execute(text("""
-        select coalesce(max(id), 0) from customer_ledger_entries where created_at < :cutoff"""),
-        {"cutoff": checked_at - WATERMARK_LAG}).scalar_one())
-    size = int(conn.execute(text("select coalesce(max(id), 0) from customer_ledger_entries")).scalar_one())
+    positions = {r.expectation: Position.from_json(r.position) for r in previous}
+    latest = max(((r.id, positions[r.expectation]) for r in previous if positions[r.expectation] is not None),
+                 default=(0, None), key=lambda item: item[0])[1]
+    now = read_position(conn, latest)
+    skip_history = not full and now.through_id > full_history_limit
+    if latest is None and skip_history:
+        # The first check of a large ledger starts at the current end (documented above): so does what it settles.
+        now = dataclasses.replace(now, settled_id=now.through_id)
+    after: dict[str, int] = {}
+    for r in previous:
+        position = positions[r.expectation]
+        if position is not None:
+            after[r.expectation] = position.settled_id
+        elif r.entries_through is not None:  # a window stored before positions existed
+            after[r.expectation] = int(r.entries_through)
     return RunValues(
-        run_id=run_id, tolerance=run_tolerance(params), entries_through=watermark, checked_at=checked_at,
-        entries_after={r.expectation: int(r.entries_through) for r in previous if r.entries_through is not None},
+        run_id=run_id, tolerance=run_tolerance(params), entries_through=now.through_id, checked_at=checked_at,
+        entries_after=after,
         tasks_since={r.expectation: r.tasks_until for r in previous if r.tasks_until is not None},
-        first_entries_after=0 if full or size <= full_history_limit else watermark)
+        first_entries_after=now.settled_id if skip_history else 0,
+        position=now)
 
 
 # ---- running the suites through GX --------------------------------------------------------------------------
