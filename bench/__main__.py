@@ -1,10 +1,11 @@
-"""``python -m bench [--quick] [--section NAME]``: the ``make bench`` driver.
+"""``python -m bench [--quick] [--section NAME] [--server embedded|system|all]``: the ``make bench`` driver.
 
-Starts a dedicated PostgreSQL for the bench (``RECONCILER_BENCH_DATABASE_URL`` when set, else an embedded
-pgserver under ``$RECONCILER_HOME/bench-pg``, never the product's own database), gives each section a
-freshly migrated database of its own, runs ``bench.core`` and ``bench.engine`` (when that file exists),
-writes ``bench/results/<section>.json`` (rows, machine cores, PostgreSQL version, timestamp) and
-regenerates the results table in ``bench/README.md`` from every results file.
+Runs every section on the embedded pgserver under ``$RECONCILER_HOME/bench-pg`` AND, when
+``RECONCILER_BENCH_DATABASE_URL`` is set, on that server too (the machine's own PostgreSQL: ``system``);
+never on the product's own database. Each section gets a freshly migrated database of its own (``bench_*``,
+dropped afterwards), runs ``bench.core`` and ``bench.engine`` (when that file exists), writes
+``bench/results/<section>.json`` (embedded) or ``bench/results/<section>.system.json`` (rows, machine cores,
+PostgreSQL version, load average, timestamp) and regenerates the results tables in ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -47,14 +48,26 @@ def _admin(url: URL, statement: sql.Composed) -> None:
         conn.execute(statement)
 
 
+SERVERS = ("embedded", "system")
+
+
+def servers_wanted(choice: str) -> list[str]:
+    """The servers to bench: ``system`` only when ``RECONCILER_BENCH_DATABASE_URL`` names one."""
+    configured = bool(os.environ.get(BENCH_URL_ENV, "").strip())
+    if choice == "system" and not configured:
+        raise SystemExit(f"--server system needs {BENCH_URL_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1/postgres)")
+    if choice == "all":
+        return ["embedded", "system"] if configured else ["embedded"]
+    return [choice]
+
+
 @contextmanager
-def bench_server() -> Iterator[URL]:
+def bench_server(kind: str = "embedded") -> Iterator[URL]:
     """A URL on the bench's own PostgreSQL server (its database part is replaced per section)."""
     from reconciler.db import normalise_url
 
-    configured = os.environ.get(BENCH_URL_ENV, "").strip()
-    if configured:
-        yield normalise_url(make_url(configured))
+    if kind == "system":
+        yield normalise_url(make_url(os.environ[BENCH_URL_ENV].strip()))
         return
     from reconciler.config import home_dir
 
@@ -117,11 +130,12 @@ def machine() -> dict[str, object]:
 
 
 def write_results(section: str, rows: list[dict[str, object]], *, pg_version: str, quick: bool,
-                  seconds: float, host: dict[str, object]) -> Path:
+                  seconds: float, host: dict[str, object], server: str = "embedded") -> Path:
     RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{section}.json"
+    path = RESULTS_DIR / (f"{section}.json" if server == "embedded" else f"{section}.{server}.json")
     payload = {
         "section": section,
+        "server": server,
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": quick,
         "seconds": round(seconds, 1),
@@ -155,7 +169,10 @@ def render_tables(results: list[dict[str, Any]]) -> str:
     for result in results:
         host = result.get("machine", {})
         mode = "quick" if result.get("quick") else "full"
-        parts.append(f"### {result['section']}\n\n{result['timestamp']}, {mode} run, {host.get('cores')} cores, "
+        server = result.get("server", "embedded")
+        where = "embedded pgserver" if server == "embedded" else f"{server} PostgreSQL ({BENCH_URL_ENV})"
+        parts.append(f"### {result['section']} on the {where}\n\n{result['timestamp']}, {mode} run, "
+                     f"{host.get('cores')} cores, "
                      f"PostgreSQL {result.get('postgresql')}, Python {host.get('python')}, load average "
                      f"{host.get('load_average_1m_at_start')} at start, {result.get('seconds')} s\n")
         lines = ["| measure | value | unit | target | ok |", "|---|---:|---|---|---|"]
@@ -173,7 +190,7 @@ def update_readme() -> None:
     for path in sorted(RESULTS_DIR.glob("*.json")):
         results.append(json.loads(path.read_text()))
     order = {name: i for i, name in enumerate(SECTIONS)}
-    results.sort(key=lambda r: order.get(r.get("section", ""), len(order)))
+    results.sort(key=lambda r: (order.get(r.get("section", ""), len(order)), r.get("server", "embedded")))
     table = render_tables(results) if results else "No results yet: run `make bench`.\n"
     text = README.read_text() if README.exists() else f"# Benchmarks\n\n{TABLE_START}\n{TABLE_END}\n"
     if TABLE_START not in text or TABLE_END not in text:
@@ -187,29 +204,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (a minute or two)")
     parser.add_argument("--section", choices=SECTIONS, action="append", help="run only these sections")
+    parser.add_argument("--server", choices=(*SERVERS, "all"), default="all",
+                        help=f"embedded pgserver, the {BENCH_URL_ENV} server, or both (default)")
     args = parser.parse_args(argv)
     sections = args.section or list(SECTIONS)
     failed = False
-    with bench_server() as server:
-        pg_version = postgres_version(server)
-        for section in sections:
-            runner = load_runner(section)
-            if runner is None:
-                print(f"[bench] {section}: bench/{section}.py does not exist, skipped")
-                continue
-            print(f"[bench] {section}: running ({'quick' if args.quick else 'full'}) on PostgreSQL {pg_version}",
-                  flush=True)
-            host = machine()
-            started = time.perf_counter()
-            with section_database(server, section) as url:
-                rows = runner(args.quick, url)
-            path = write_results(section, rows, pg_version=pg_version, quick=args.quick,
-                                 seconds=time.perf_counter() - started, host=host)
-            for row in rows:
-                mark = {True: "ok", False: "BELOW TARGET", None: ""}[row.get("ok")]  # type: ignore[index]
-                print(f"  {row['name']}: {_format_value(row['value'], row['unit'])} {row['unit']} {mark}")
-                failed = failed or row.get("ok") is False
-            print(f"[bench] {section}: wrote {path.relative_to(BENCH_DIR.parent)}")
+    for kind in servers_wanted(args.server):
+        with bench_server(kind) as server:
+            pg_version = postgres_version(server)
+            for section in sections:
+                runner = load_runner(section)
+                if runner is None:
+                    print(f"[bench] {section}: bench/{section}.py does not exist, skipped")
+                    continue
+                print(f"[bench] {section}: running ({'quick' if args.quick else 'full'}) on the {kind} "
+                      f"PostgreSQL {pg_version}", flush=True)
+                host = machine()
+                started = time.perf_counter()
+                with section_database(server, section) as url:
+                    rows = runner(args.quick, url)
+                path = write_results(section, rows, pg_version=pg_version, quick=args.quick,
+                                     seconds=time.perf_counter() - started, host=host, server=kind)
+                for row in rows:
+                    mark = {True: "ok", False: "BELOW TARGET", None: ""}[row.get("ok")]  # type: ignore[index]
+                    print(f"  {row['name']}: {_format_value(row['value'], row['unit'])} {row['unit']} {mark}")
+                    failed = failed or row.get("ok") is False
+                print(f"[bench] {section}: wrote {path.relative_to(BENCH_DIR.parent)}")
     update_readme()
     print("[bench] bench/README.md table regenerated")
     return 1 if failed else 0

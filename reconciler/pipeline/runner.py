@@ -22,6 +22,7 @@ from reconciler.errors import (
     DatabaseLostError,
     RunFailedError,
 )
+from reconciler.quality_worker import QualityWorker
 
 from .correct import apply_run_corrections
 from .options import Progress, RunOptions
@@ -101,17 +102,16 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
                     runs.heartbeat(lock_conn, run_id, min_interval=HEARTBEAT_INTERVAL)
 
             step = "starting"
+            # GX's 2.5 s import runs in a child process beside the comparison (reconciler.quality_worker).
+            worker = QualityWorker.start(engine.url.render_as_string(hide_password=False))
             try:
-                from reconciler.quality import preload_great_expectations  # noqa: PLC0415  (light module)
-
-                preload_great_expectations()  # the 2.5 s import overlaps with comparing the chunks
                 step = "planning its chunks"
                 plan = plan_run(engine, run_id)
                 step = "comparing its chunks"
                 _compare_all(engine, run_id, plan, options, progress, beat)
                 beat()
                 step = "checking data quality"
-                check_quality(engine, run_id)
+                check_quality(engine, run_id, worker=worker)
                 step = "opening tasks"
                 open_run_tasks(engine, run_id)
                 step = "correcting"
@@ -134,6 +134,9 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
             except BaseException:
                 _record_failure(engine, run_id, "interrupted; a new run redoes the work without duplicates")
                 raise
+            finally:
+                if worker is not None:
+                    worker.close()
         finally:
             try:
                 if lock_conn.in_transaction():

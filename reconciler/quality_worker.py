@@ -1,0 +1,144 @@
+"""The quality step off the critical path: a child process that imports Great Expectations while the run
+compares its chunks, then runs the run's checks (:func:`reconciler.quality.check_run_quality`) when asked.
+
+Invariant: the worker is an optimisation only. It changes no result: the child runs the very function the
+in-process step runs, on its own engine, and stores the same rows; when the child cannot start, fails or dies,
+the parent runs the step in-process instead (so a lost database still surfaces there, as one clear line).
+
+Why a process and not a thread: importing GX costs about 2.5 s of Python, holding the GIL in slices; a
+thread doing it beside the chunk workers delays every result the chunk threads wait for (measured: the
+comparison took twice as long). The child keeps the normal CPU priority: on a shared machine a lower one
+starved it behind other work (measured: the quality step took longer than without a child).
+``RECONCILER_QUALITY_WORKER=off`` turns it off.
+
+Protocol (JSON lines over the child's stdin and stdout, so the URL and its password are never in argv or the
+environment): parent -> ``{"url": ...}``; child imports GX; parent -> ``{"run_id": N, "out_dir": ...}``;
+child -> ``{"ok": true, "summary": {...}}`` or ``{"ok": false, "error": "..."}``, then exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+log = logging.getLogger("reconciler.quality")
+
+WORKER_ENV = "RECONCILER_QUALITY_WORKER"
+#: How long the parent waits for the child's answer once it asked (the checks themselves included).
+ANSWER_TIMEOUT_SECONDS = 3600.0
+
+
+def worker_enabled() -> bool:
+    return os.environ.get(WORKER_ENV, "").strip().lower() not in ("off", "0", "false", "no")
+
+
+class QualityWorker:
+    """A started child; :meth:`check` asks it once, :meth:`close` ends it (also when never asked)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self._process = process
+
+    @classmethod
+    def start(cls, url: str) -> QualityWorker | None:
+        """Start the child (it begins importing GX at once); None when it cannot be started or is turned off."""
+        if not worker_enabled():
+            return None
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "reconciler.quality_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True)
+            assert process.stdin is not None
+            process.stdin.write(json.dumps({"url": url}) + "\n")
+            process.stdin.flush()
+        except (OSError, ValueError) as exc:
+            log.debug("quality worker not started (%s); the step runs in-process", exc)
+            return None
+        return cls(process)
+
+    def check(self, run_id: int, out_dir: Path | None = None, *, full: bool = False) -> dict[str, Any] | None:
+        """The child's summary of the run's checks (``evaluated``, ``failed``, ``warnings``, ``data_docs_path``),
+        or None when the child could not answer (the caller then runs the step in-process)."""
+        process = self._process
+        try:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(json.dumps({"run_id": run_id, "out_dir": str(out_dir) if out_dir else None,
+                                            "full": full}) + "\n")
+            process.stdin.flush()
+            line = _readline(process.stdout, ANSWER_TIMEOUT_SECONDS)
+        except (OSError, ValueError, AssertionError) as exc:
+            log.debug("quality worker lost (%s); the step runs in-process", exc)
+            return None
+        finally:
+            self.close()
+        try:
+            answer = json.loads(line) if line else {}
+        except ValueError:
+            answer = {}
+        if not answer.get("ok"):
+            log.debug("quality worker failed (%s); the step runs in-process", answer.get("error"))
+            return None
+        summary: dict[str, Any] = answer["summary"]
+        return summary
+
+    def close(self) -> None:
+        process = self._process
+        if process.poll() is None:
+            try:
+                if process.stdin is not None:
+                    process.stdin.close()
+                process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                process.kill()
+                process.wait()
+
+
+def _readline(stream: IO[str], timeout: float) -> str:
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return result[0] if result else ""
+
+
+def main() -> int:
+    """The child: read the URL, import GX, wait for the run, check it, answer once."""
+    hello = sys.stdin.readline()
+    if not hello:
+        return 0
+    url = json.loads(hello)["url"]
+    from reconciler.quality import preload_great_expectations  # noqa: PLC0415
+
+    preload_great_expectations().join()
+    request = sys.stdin.readline()
+    if not request:
+        return 0  # the parent did not need us (e.g. the run failed before its quality step)
+    asked = json.loads(request)
+    try:
+        from reconciler.db import make_engine  # noqa: PLC0415
+        from reconciler.quality import check_run_quality  # noqa: PLC0415
+
+        engine = make_engine(url, pool_size=2)
+        try:
+            out_dir = Path(asked["out_dir"]) if asked.get("out_dir") else None
+            result = check_run_quality(engine, int(asked["run_id"]), out_dir, full=bool(asked.get("full")))
+        finally:
+            engine.dispose()
+        docs = result.data_docs_path
+        answer: dict[str, Any] = {"ok": True, "summary": {
+            "evaluated": result.evaluated, "failed": result.failed, "warnings": result.warnings,
+            "success": result.success, "data_docs_path": str(docs) if docs else None, "seconds": result.seconds}}
+    except Exception as exc:  # reported to the parent, which then runs the step itself
+        answer = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"}
+    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
