@@ -38,6 +38,7 @@ import string
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, delete, insert, select, text
 from sqlalchemy.engine import URL
 
@@ -54,6 +56,8 @@ from reconciler.errors import InvalidOperationError, RunNotFoundError
 from reconciler.money import DEFAULT_TOLERANCE, to_tolerance
 from reconciler.positions import Position, read_position
 from reconciler.schema import quality_results, runs
+
+log = logging.getLogger("reconciler.quality")
 
 EXPECTATIONS_ENV = "RECONCILER_EXPECTATIONS_DIR"
 #: Tasks updated less than this before check time are read again by the next check (the tasks window).
@@ -321,7 +325,7 @@ def check_run_quality(engine: Engine, run_id: int, out_dir: Path | None = None, 
     with engine.connect() as conn:
         values = read_run_values(conn, run_id, full=full)
     docs_dir = (out_dir or default_out_dir(run_id)) / DATA_DOCS_DIR
-    outcomes = run_suites(gx_connection_string(engine.url), specs, values, docs_dir)
+    outcomes = run_suites(gx_connection_string(engine.url), specs, values, docs_dir, engine=engine)
     with engine.begin() as conn:
         store_outcomes(conn, run_id, outcomes, docs_dir, values.checked_at)
     failed = [o for o in outcomes if not o.success]
@@ -356,14 +360,127 @@ def _quiet() -> Iterator[None]:
         gx_logger.setLevel(level)
 
 
+STAGE_TABLE = "reconciler.quality_unexpected"
+
+
+def staged_query(check_key: str, name: str, columns: Sequence[str]) -> str:
+    """GX's query for an expectation whose unexpected rows were staged: a read of the staged rows with the
+    original columns (JSON values: numbers stay numbers). ``{batch}`` sits in a comment: GX wants it named."""
+    for part in (check_key, name, *columns):
+        if not _STAGE_SAFE.fullmatch(part):
+            raise InvalidOperationError(f"cannot stage an expectation named or shaped {part!r}")
+    picked = ", ".join(f"u.row -> '{c}' AS \"{c}\"" for c in columns) if columns else "u.row AS \"row\""
+    return (f"SELECT {picked} FROM {STAGE_TABLE} AS u WHERE u.check_key = '{check_key}' "
+            f"AND u.expectation = '{name}' ORDER BY u.ordinal /* staged once from {{batch}} */")
+
+
+_STAGE_SAFE = re.compile(r"[A-Za-z0-9_.:\-]+")
+_JOIN = re.compile(r"\bjoin\b", re.IGNORECASE)
+
+
+def stage_unexpected_rows(engine: Engine, check_key: str, specs: Sequence[SuiteSpec],
+                          rendered: Sequence[dict[str, Any]]) -> int:
+    """Run each expectation's SQL ONCE, in PostgreSQL, keeping its unexpected rows in :data:`STAGE_TABLE`, and
+    point the rendered suites' queries at them, so GX's two passes (count, then rows) read only those rows.
+
+    An expectation whose SQL fails here keeps its own query (GX then runs it and reports its error as a failed
+    result, as before): staging is only ever an optimisation."""
+    staged = 0
+    proxied = engine.raw_connection()
+    try:
+        conn = proxied.driver_connection
+        assert isinstance(conn, psycopg.Connection)
+        # The rendered SQL goes to psycopg as it is (no parameters, so no placeholder parsing of its text);
+        # the key and the name are checked plain words.
+        with conn.transaction():
+            for spec, suite in zip(specs, rendered, strict=True):
+                table = f"(SELECT * FROM {spec.schema}.{spec.table})"
+                for expectation in suite.get("expectations", []):
+                    kwargs = expectation["kwargs"]
+                    name = f"{spec.name}.{expectation['meta']['name']}"
+                    if not (_STAGE_SAFE.fullmatch(check_key) and _STAGE_SAFE.fullmatch(name)):
+                        continue
+                    query = kwargs["unexpected_rows_query"]
+                    # As GX substitutes {batch}: aliased, unless the query joins (then it aliases it itself).
+                    batch = table if _JOIN.search(query) else f"{table} AS subselect"
+                    query = query.replace("{batch}", batch)
+                    try:
+                        with conn.transaction():  # a savepoint: a failing query leaves the others staged
+                            conn.execute(f"insert into {STAGE_TABLE} (check_key, expectation, ordinal, row) "
+                                         f"select '{check_key}', '{name}', row_number() over (), to_jsonb(q) "
+                                         f"from ({query}) as q")
+                            first = conn.execute(f"select row from {STAGE_TABLE} where check_key = '{check_key}' "
+                                                 f"and expectation = '{name}' and ordinal = 1").fetchone()
+                    except psycopg.Error as exc:
+                        log.debug("expectation %s not staged (%s); GX runs its own query", name, exc)
+                        continue
+                    columns = list(first[0]) if first is not None and isinstance(first[0], dict) else []
+                    kwargs["unexpected_rows_query"] = staged_query(check_key, name, columns)
+                    staged += 1
+    finally:
+        proxied.close()
+    return staged
+
+
+def clear_staged(engine: Engine, check_key: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(f"delete from {STAGE_TABLE} where check_key = :key"), {"key": check_key})
+
+
+def _cache_gx_templates() -> None:
+    """Data Docs: GX builds a fresh jinja Environment for every page it renders and compiles its templates
+    again each time (most of a build). Give those environments one shared, in-process bytecode cache, so each
+    template compiles once per process. Only the cache is added; the pages are the same."""
+    import jinja2  # noqa: PLC0415
+    from great_expectations.render.view import view  # noqa: PLC0415
+
+    if getattr(view, "_reconciler_cached", False):
+        return
+    cache = _MemoryBytecodeCache()
+    original = view.Environment
+
+    def environment(*args: Any, **kwargs: Any) -> jinja2.Environment:
+        kwargs.setdefault("bytecode_cache", cache)
+        return original(*args, **kwargs)
+
+    view.Environment = environment  # type: ignore[misc,assignment]
+    view._reconciler_cached = True  # type: ignore[attr-defined]
+
+
+class _MemoryBytecodeCache:
+    """A jinja2 bytecode cache in a dict (jinja's own in-memory caches are per Environment)."""
+
+    def __new__(cls) -> Any:
+        import jinja2  # noqa: PLC0415
+
+        class Cache(jinja2.BytecodeCache):
+            def __init__(self) -> None:
+                self._store: dict[str, bytes] = {}
+                self._lock = threading.Lock()
+
+            def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+                with self._lock:
+                    data = self._store.get(bucket.key)
+                if data is not None:
+                    bucket.bytecode_from_string(data)
+
+            def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+                with self._lock:
+                    self._store[bucket.key] = bucket.bytecode_to_string()
+
+        return Cache()
+
+
 def run_suites(connection_string: str, specs: Sequence[SuiteSpec], values: RunValues,
-               docs_dir: Path) -> list[ExpectationOutcome]:
-    """Evaluate the suites in one ephemeral GX context and one Checkpoint; Data Docs go to ``docs_dir``."""
+               docs_dir: Path, *, engine: Engine | None = None) -> list[ExpectationOutcome]:
+    """Evaluate the suites in one ephemeral GX context and one Checkpoint; Data Docs go to ``docs_dir``. With
+    ``engine``, each expectation's SQL runs once (:func:`stage_unexpected_rows`) and GX reads its rows."""
     with _quiet():
         import great_expectations as gx  # noqa: PLC0415  (2.5 s import: only when the step runs)
         from great_expectations.core.run_identifier import RunIdentifier  # noqa: PLC0415
         from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: PLC0415
 
+        _cache_gx_templates()
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         if docs_dir.is_dir():  # a rerun replaces the run's Data Docs, as it replaces its stored results
@@ -378,13 +495,18 @@ def run_suites(connection_string: str, specs: Sequence[SuiteSpec], values: RunVa
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
         })
         source = context.data_sources.add_postgres("ledger", connection_string=connection_string)
+        rendered = [render_suite(spec, values) for spec in specs]
+        check_key = f"run-{values.run_id}-{uuid.uuid4().hex}"
+        staged = 0
         try:
+            if engine is not None:
+                staged = stage_unexpected_rows(engine, check_key, specs, rendered)
             definitions = []
-            for spec in specs:
+            for spec, suite_data in zip(specs, rendered, strict=True):
                 asset = source.add_query_asset(f"{spec.schema}.{spec.table}",
                                                query=f"SELECT * FROM {spec.schema}.{spec.table}")
                 batch = asset.add_batch_definition_whole_table(f"{spec.schema}.{spec.table}")
-                suite = context.suites.add(gx.ExpectationSuite(**render_suite(spec, values)))
+                suite = context.suites.add(gx.ExpectationSuite(**suite_data))
                 definitions.append(context.validation_definitions.add(
                     gx.ValidationDefinition(name=spec.name, data=batch, suite=suite)))
             checkpoint = context.checkpoints.add(gx.Checkpoint(
@@ -397,6 +519,8 @@ def run_suites(connection_string: str, specs: Sequence[SuiteSpec], values: RunVa
             context.build_data_docs(site_names=["run"])
         finally:
             source.get_engine().dispose()
+            if engine is not None and staged:
+                clear_staged(engine, check_key)
     outcomes: list[ExpectationOutcome] = []
     for suite_result in result.run_results.values():
         for item in suite_result.results:

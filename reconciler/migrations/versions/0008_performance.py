@@ -2,6 +2,10 @@
 without summing the ledger a second time: how many customers each chunk compared, the sum of their cached
 balances, the sum of their ledger sums, and the snapshot (``pg_current_snapshot()``) the statement read.
 
+And ``reconciler.quality_unexpected``: an expectation's unexpected rows, computed ONCE per check and read back
+by Great Expectations (whose ``UnexpectedRowsExpectation`` runs its query twice: to count, then for rows).
+Unlogged and short-lived: a check deletes its own rows when it is done.
+
 Revision ID: 0008
 Revises: 0005
 """
@@ -20,9 +24,17 @@ def upgrade() -> None:
             add column balance_total numeric(24,2),
             add column ledger_total numeric(24,2),
             add column snapshot text"""))
+    op.get_bind().execute(text("""
+        create unlogged table reconciler.quality_unexpected (
+            check_key text not null,
+            expectation text not null,
+            ordinal bigint not null,
+            row jsonb not null,
+            primary key (check_key, expectation, ordinal))"""))
 
 
 def downgrade() -> None:
+    op.get_bind().execute(text("drop table if exists reconciler.quality_unexpected"))
     op.get_bind().execute(text("""
         alter table reconciler.run_chunks
             drop column if exists snapshot,
