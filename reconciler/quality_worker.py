@@ -1,5 +1,7 @@
 """The quality step off the critical path: a child process that imports Great Expectations while the run
-compares its chunks, then runs the run's checks (:func:`reconciler.quality.check_run_quality`) when asked.
+compares its chunks and validates, meanwhile, every suite that does not read the run's own results; when the
+comparison is done it validates the rest (:func:`reconciler.quality.check_run_quality` with ``ready``),
+builds the Data Docs and stores every result at once.
 
 Invariant: the worker is an optimisation only. It changes no result: the child runs the very function the
 in-process step runs, on its own engine, and stores the same rows; when the child cannot start, fails or dies,
@@ -12,8 +14,10 @@ starved it behind other work (measured: the quality step took longer than withou
 ``RECONCILER_QUALITY_WORKER=off`` turns it off.
 
 Protocol (JSON lines over the child's stdin and stdout, so the URL and its password are never in argv or the
-environment): parent -> ``{"url": ...}``; child imports GX; parent -> ``{"run_id": N, "out_dir": ...}``;
-child -> ``{"ok": true, "summary": {...}}`` or ``{"ok": false, "error": "..."}``, then exits.
+environment): parent -> ``{"url": ..., "run_id": N}``; the child imports GX and validates the early suites;
+parent -> ``{"go": true}`` once the chunks are compared; child -> ``{"ok": true, "summary": {...}}`` or
+``{"ok": false, "error": "..."}``, then exits. When the parent closes stdin instead (the run failed before its
+quality step), the child stores nothing and exits.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import IO, Any
 
 log = logging.getLogger("reconciler.quality")
@@ -41,12 +44,14 @@ def worker_enabled() -> bool:
 class QualityWorker:
     """A started child; :meth:`check` asks it once, :meth:`close` ends it (also when never asked)."""
 
-    def __init__(self, process: subprocess.Popen[str]) -> None:
+    def __init__(self, process: subprocess.Popen[str], run_id: int) -> None:
         self._process = process
+        self._run_id = run_id
 
     @classmethod
-    def start(cls, url: str) -> QualityWorker | None:
-        """Start the child (it begins importing GX at once); None when it cannot be started or is turned off."""
+    def start(cls, url: str, run_id: int) -> QualityWorker | None:
+        """Start the child for ``run_id`` (it begins importing GX at once); None when it cannot be started or
+        is turned off."""
         if not worker_enabled():
             return None
         try:
@@ -54,21 +59,23 @@ class QualityWorker:
                 [sys.executable, "-m", "reconciler.quality_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL, text=True)
             assert process.stdin is not None
-            process.stdin.write(json.dumps({"url": url}) + "\n")
+            process.stdin.write(json.dumps({"url": url, "run_id": run_id}) + "\n")
             process.stdin.flush()
         except (OSError, ValueError) as exc:
             log.debug("quality worker not started (%s); the step runs in-process", exc)
             return None
-        return cls(process)
+        return cls(process, run_id)
 
-    def check(self, run_id: int, out_dir: Path | None = None, *, full: bool = False) -> dict[str, Any] | None:
+    def check(self, run_id: int) -> dict[str, Any] | None:
         """The child's summary of the run's checks (``evaluated``, ``failed``, ``warnings``, ``data_docs_path``),
         or None when the child could not answer (the caller then runs the step in-process)."""
         process = self._process
+        if self._run_id != run_id:
+            self.close()
+            return None
         try:
             assert process.stdin is not None and process.stdout is not None
-            process.stdin.write(json.dumps({"run_id": run_id, "out_dir": str(out_dir) if out_dir else None,
-                                            "full": full}) + "\n")
+            process.stdin.write(json.dumps({"go": True}) + "\n")
             process.stdin.flush()
             line = _readline(process.stdout, ANSWER_TIMEOUT_SECONDS)
         except (OSError, ValueError, AssertionError) as exc:
@@ -106,33 +113,37 @@ def _readline(stream: IO[str], timeout: float) -> str:
     return result[0] if result else ""
 
 
+class _NotNeeded(Exception):
+    """The parent closed the pipe before asking: the run ended before its quality step."""
+
+
 def main() -> int:
-    """The child: read the URL, import GX, wait for the run, check it, answer once."""
+    """The child: read the URL and the run, import GX, validate what need not wait, wait, finish, answer once."""
     hello = sys.stdin.readline()
     if not hello:
         return 0
-    url = json.loads(hello)["url"]
-    from reconciler.quality import preload_great_expectations  # noqa: PLC0415
+    asked = json.loads(hello)
 
-    preload_great_expectations().join()
-    request = sys.stdin.readline()
-    if not request:
-        return 0  # the parent did not need us (e.g. the run failed before its quality step)
-    asked = json.loads(request)
+    def ready() -> None:
+        if not sys.stdin.readline():
+            raise _NotNeeded
+
     try:
         from reconciler.db import make_engine  # noqa: PLC0415
-        from reconciler.quality import check_run_quality  # noqa: PLC0415
+        from reconciler.quality import check_run_quality, preload_great_expectations  # noqa: PLC0415
 
-        engine = make_engine(url, pool_size=2)
+        preload_great_expectations().join()
+        engine = make_engine(asked["url"], pool_size=2)
         try:
-            out_dir = Path(asked["out_dir"]) if asked.get("out_dir") else None
-            result = check_run_quality(engine, int(asked["run_id"]), out_dir, full=bool(asked.get("full")))
+            result = check_run_quality(engine, int(asked["run_id"]), ready=ready)
         finally:
             engine.dispose()
         docs = result.data_docs_path
         answer: dict[str, Any] = {"ok": True, "summary": {
             "evaluated": result.evaluated, "failed": result.failed, "warnings": result.warnings,
             "success": result.success, "data_docs_path": str(docs) if docs else None, "seconds": result.seconds}}
+    except _NotNeeded:
+        return 0
     except Exception as exc:  # reported to the parent, which then runs the step itself
         answer = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"}
     sys.stdout.write(json.dumps(answer) + "\n")

@@ -102,8 +102,9 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
                     runs.heartbeat(lock_conn, run_id, min_interval=HEARTBEAT_INTERVAL)
 
             step = "starting"
-            # GX's 2.5 s import runs in a child process beside the comparison (reconciler.quality_worker).
-            worker = QualityWorker.start(engine.url.render_as_string(hide_password=False))
+            # GX's import and the suites that need not wait run in a child beside the comparison
+            # (reconciler.quality_worker).
+            worker = QualityWorker.start(engine.url.render_as_string(hide_password=False), run_id)
             try:
                 step = "planning its chunks"
                 plan = plan_run(engine, run_id)
