@@ -27,7 +27,8 @@ baseline; round trips and client CPU per statement decide it, as measured in ben
   order, so two opposite transfers cannot deadlock), then one CTE updates both and appends both entries.
 - ``reconcile_balance`` locks the customer (``SELECT ... FOR UPDATE``), re-reads the ledger sum under
   the lock, then settles the balance and logs the reconciliation in one CTE.
-- Each call checks a connection out of the engine's pool (plus its pre-ping, when configured); a worker
+- Each call checks a connection out of the engine's pool (its liveness judged without a round trip, see
+  :func:`reconciler.db.connection_is_alive`; a pre-ping only when configured); a worker
   loop can hold one connection for many calls with ``with manager.pinned() as core: ...``.
 
 Real-time validation is O(1) per change (one backward step on the ``(customer_id, id)`` index): the

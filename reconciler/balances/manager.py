@@ -106,9 +106,10 @@ class BalanceManager:
     ``max_retries`` bounds the retries of one operation on serialization failures and deadlocks.
     ``clock`` is the cache's monotonic clock (injectable for tests).
 
-    The engine must use psycopg 3 (``reconciler.db.make_engine`` does). A payment costs one round trip
-    plus the pool's pre-ping when the engine has one: high-rate callers may pass an engine built with
-    ``pool_pre_ping=False`` (see bench/README.md for what that buys).
+    The engine must use psycopg 3 (``reconciler.db.make_engine`` does). A payment costs one round trip, and
+    so does an uncached ``get_balance`` (one primary-key read): ``make_engine`` checks a pooled connection's
+    liveness without a round trip (:func:`reconciler.db.connection_is_alive`), and the statements are
+    prepared on the server at their first use on a connection (see bench/README.md).
     """
 
     def __init__(self, engine: Engine, cache_ttl: float | None = None, *, allow_negative: bool = False,
