@@ -51,3 +51,24 @@ def test_liveness_costs_no_round_trip_unless_idle_or_readable(db_url: URL) -> No
         pid = conn.info.backend_pid
         _terminate(db_url, pid)
         assert not connection_is_alive(conn, 0.0)
+
+
+def test_a_manager_keeps_connections_only_while_the_pool_has_spare_ones(db_url: URL) -> None:
+    """Between calls the core keeps its connection (no checkout per call) unless the pool would run short;
+    close() gives them back."""
+    engine = make_engine(db_url, pool_size=3, max_overflow=0)
+    try:
+        make_customer(engine, 1, "0.00")
+        core = BalanceManager(engine)
+        core.update_balance(1, "1.00", kind="deposit")
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]  (kept, in autocommit)
+        with engine.connect() as a, engine.connect() as b:
+            assert a.execute(text("select 1")).scalar_one() == b.execute(text("select 1")).scalar_one() == 1
+            assert core.get_balance(1) == Decimal("1.00")  # the pool is full now: given back after the call
+            assert engine.pool.checkedout() == 2  # type: ignore[attr-defined]  (only a and b)
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        core.get_balance(1)
+        core.close()
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
