@@ -19,13 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from email.message import EmailMessage
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, func, select
 
+from reconciler.corrections import BUSY_RUNS_CALLOUT
 from reconciler.errors import AlertDeliveryError, InvalidOperationError
 from reconciler.money import format_money, to_money
+from reconciler.row_locks import format_lockers
 from reconciler.schema import runs
 
 #: Alert when a run found more absolute drift than this in total (configurable per run).
@@ -33,7 +35,7 @@ DEFAULT_ALERT_DRIFT_ABOVE = Decimal("1000.00")
 #: The watchdog alerts when no run has succeeded for longer than this.
 DEFAULT_MAX_AGE = dt.timedelta(hours=26)
 DEFAULT_TIMEOUT = 10.0
-ALERT_KINDS = ("halted", "failed", "drift", "stale")
+ALERT_KINDS = ("halted", "failed", "drift", "busy", "stale")
 SOURCE = "reconciler"
 
 
@@ -82,6 +84,24 @@ class RunOutcome(Protocol):
     def report_path(self) -> str | None: ...
     @property
     def error(self) -> str | None: ...
+    @property
+    def busy(self) -> list[dict[str, Any]]: ...
+
+
+def _long_busy(summary: RunOutcome) -> list[dict[str, Any]]:
+    return [item for item in summary.busy if int(item.get("runs_in_a_row") or 1) >= BUSY_RUNS_CALLOUT]
+
+
+def _busy_line(summary: RunOutcome) -> str:
+    """The customers busy for BUSY_RUNS_CALLOUT runs in a row or more, called out by name."""
+    long_busy = _long_busy(summary)
+    if not long_busy:
+        return ""
+    named = "; ".join(f"customer {item.get('customer_id')} for {item.get('runs_in_a_row')} runs, locked by "
+                      f"{format_lockers(item.get('lockers') or [])}" for item in long_busy[:10])
+    more = f" and {len(long_busy) - 10} more" if len(long_busy) > 10 else ""
+    return (f" Corrections skipped because another session held the row lock, run after run: {named}{more}. "
+            f"Find and end the session holding the lock.")
 
 
 def _outcome_details(summary: RunOutcome) -> dict[str, object]:
@@ -89,7 +109,7 @@ def _outcome_details(summary: RunOutcome) -> dict[str, object]:
             "drift_count": summary.drift_count, "corrected": summary.corrected,
             "needs_review": summary.needs_review, "open": summary.open,
             "total_abs_drift": str(summary.total_abs_drift), "halted_reason": summary.halted_reason,
-            "error": summary.error, "report_path": summary.report_path}
+            "error": summary.error, "report_path": summary.report_path, "busy": summary.busy}
 
 
 def _counts_line(summary: RunOutcome) -> str:
@@ -103,10 +123,11 @@ def alert_for_summary(summary: RunOutcome, *, drift_above: Decimal | None = DEFA
     """The alert a finished run deserves, or None for a run finance need not hear about.
 
     Halted and failed runs always alert; a succeeded run alerts when the absolute drift it found exceeds
-    ``drift_above`` (strictly; ``None`` disables that check).
+    ``drift_above`` (strictly; ``None`` disables that check), or when a customer's correction has been
+    skipped as busy for :data:`BUSY_RUNS_CALLOUT` runs in a row. Every message calls out such customers.
     """
     details = _outcome_details(summary)
-    report = f" Report: {summary.report_path}." if summary.report_path else ""
+    report = _busy_line(summary) + (f" Report: {summary.report_path}." if summary.report_path else "")
     if summary.status == "halted":
         return Alert("halted", f"Reconciliation run {summary.run_id} halted",
                      f"{summary.halted_reason or 'guardrail tripped'}. {_counts_line(summary)} Review the "
@@ -122,6 +143,11 @@ def alert_for_summary(summary: RunOutcome, *, drift_above: Decimal | None = DEFA
                               f"of drift (alert threshold {format_money(drift_above)})",
                      f"{_counts_line(summary)}{report}", summary.run_id,
                      {**details, "alert_drift_above": str(drift_above)})
+    long_busy = _long_busy(summary)
+    if long_busy:
+        return Alert("busy", f"Reconciliation run {summary.run_id}: {len(long_busy)} customer(s) locked by another "
+                             f"session for {BUSY_RUNS_CALLOUT}+ runs in a row",
+                     f"{_counts_line(summary)}{report}", summary.run_id, details)
     return None
 
 

@@ -38,7 +38,7 @@ Prepare = Callable[[Connection], None]
 #: How each outcome of the core is recorded on its task (``tasks.record_outcome``) and counted by the run.
 #: A new outcome is one line here and one member of :class:`reconciler.corrections.Outcome`.
 _RECORDED_AS: Mapping[Outcome, str] = {Outcome.CORRECTED: "corrected", Outcome.VANISHED: "vanished",
-                                       Outcome.DEFERRED: "deferred"}
+                                       Outcome.DEFERRED: "deferred", Outcome.BUSY: "busy"}
 
 
 def _no_prepare(conn: Connection) -> None:

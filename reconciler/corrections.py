@@ -20,11 +20,13 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import DBAPIError
 
 from reconciler.db_errors import is_transient
+from reconciler.errors import CustomerBusyError
 from reconciler.money import DEFAULT_TOLERANCE, format_money
 from reconciler.vocabulary import DEFAULT_POLICY, KEY_PREFIX, POLICIES, check_policy, correction_key
 
 if TYPE_CHECKING:
     from reconciler.balances import BalanceManager, Reconciliation
+    from reconciler.row_locks import RowLocker
 
 __all__ = ["DEFAULT_POLICY", "KEY_PREFIX", "POLICIES", "check_policy", "correction_key", "is_transient"]
 
@@ -33,6 +35,9 @@ DEFAULT_LOCK_TIMEOUT = dt.timedelta(seconds=2)
 #: No statement of a run runs longer than this.
 DEFAULT_STATEMENT_TIMEOUT = dt.timedelta(seconds=60)
 APPLICATION_NAME = "reconciler run"
+#: A customer whose correction was skipped as busy this many runs in a row is called out in the report and
+#: in alerts: something holds its row lock for far too long.
+BUSY_RUNS_CALLOUT = 3
 
 
 class Decision(enum.StrEnum):
@@ -115,9 +120,11 @@ class Outcome(enum.StrEnum):
     CORRECTED = "corrected"  # the core changed the balance (or replayed the first correction)
     VANISHED = "vanished"    # under the row lock the drift was within tolerance: nothing written
     DEFERRED = "deferred"    # a transient lock or statement timeout: nothing written, retried next run
+    BUSY = "busy"            # another session holds the customer's row lock: skipped at once, retried next run
 
-    # A new outcome (say ``busy``) is one member here plus its line in the executor's recorder table
-    # (reconciler.correction_executor._RECORDED_AS).
+    # A new outcome is one member here, its line in the executor's recorder table
+    # (reconciler.correction_executor._RECORDED_AS) and, when it resolves nothing, one entry in
+    # reconciler.tasks.EVENT_ONLY_OUTCOMES.
 
 
 @dataclass(frozen=True)
@@ -138,10 +145,13 @@ class CorrectionResult:
     outcome: Outcome
     reason: str
     reconciliation: Reconciliation | None = None
+    lockers: tuple[RowLocker, ...] = ()  # for BUSY: the sessions seen holding the customer's row lock
 
     def values(self) -> dict[str, object]:
         """The audit values: old and new balance, ledger sum, drift, entry, key (decimals as strings)."""
         values: dict[str, object] = {"policy": self.policy, "idempotency_key": correction_key(self.task.task_id)}
+        if self.outcome is Outcome.BUSY:
+            values["lockers"] = [locker.to_json() for locker in self.lockers]
         rec = self.reconciliation
         if rec is not None:
             values.update({
@@ -157,8 +167,12 @@ class CorrectionResult:
 
 def apply_correction(manager: BalanceManager, task: TaskRef, *, policy: str = DEFAULT_POLICY,
                      tolerance: Decimal = DEFAULT_TOLERANCE,
-                     audit: Mapping[str, object] | None = None) -> CorrectionResult:
+                     audit: Mapping[str, object] | None = None, nowait: bool = True) -> CorrectionResult:
     """Correct the task's customer through the core, re-verified under the row lock.
+
+    A correction never waits for a customer another session holds locked (a payment in flight, a batch job's
+    long transaction): with ``nowait`` (the default) it is skipped at once as :attr:`Outcome.BUSY`, naming
+    the sessions holding the lock, and the task stays open for the next run.
 
     The drift is corrected as it stands under the lock (it may have changed since the comparison); a drift
     that vanished is left alone (:attr:`Outcome.VANISHED`). A transient lock or statement timeout writes
@@ -171,8 +185,10 @@ def apply_correction(manager: BalanceManager, task: TaskRef, *, policy: str = DE
     try:
         rec = manager.reconcile_balance(
             task.customer_id, policy, tolerance=tolerance, idempotency_key=correction_key(task.task_id),
-            reference=f"reconciler task {task.task_id}", audit=details,
+            reference=f"reconciler task {task.task_id}", audit=details, nowait=nowait,
         )
+    except CustomerBusyError as busy:
+        return CorrectionResult(task, policy, Outcome.BUSY, str(busy), lockers=tuple(busy.lockers))
     except Exception as exc:
         if not is_transient(exc):
             raise

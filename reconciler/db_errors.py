@@ -33,6 +33,11 @@ def is_unique_violation(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.errors.UniqueViolation)
 
 
+def is_lock_not_available(exc: BaseException) -> bool:
+    """55P03: a row lock was not granted (NOWAIT, or ``lock_timeout`` expired)."""
+    return isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.errors.LockNotAvailable)
+
+
 def is_numeric_overflow(exc: BaseException) -> bool:
     """22003: a value beyond its numeric type (e.g. a balance beyond numeric(18,2))."""
     return isinstance(exc, DBAPIError) and isinstance(exc.orig, psycopg.errors.NumericValueOutOfRange)

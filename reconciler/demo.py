@@ -34,6 +34,11 @@ generates the next batch while the database ingests the current one); the entrie
 foreign keys are dropped for the load and rebuilt, exactly as they were, before the same transaction
 commits (pg_restore's way: about 3x faster than maintaining them row by row). Then the tables are
 vacuumed and analysed so index-only scans and the planner see the new data.
+
+Longer than ~500 lines on purpose: the generator, the plant kinds and the COPY loader share one
+reproducibility contract (the same seed gives the same rows, byte for byte); keeping them together keeps
+that contract in one file. It is also the one writer, besides the balance core, allowed to replace the
+ledger and the run tables wholesale (TRUNCATE + COPY), and only for data that demo seeding created.
 """
 
 from __future__ import annotations
@@ -78,7 +83,8 @@ PLANT_KINDS = (AROUND, MISSING, DUPLICATED, SIGN_FLIPPED, UNAPPLIED)
 
 APPEND_ONLY_TRIGGERS = ("reconciler_append_only", "reconciler_append_only_truncate")
 RECONCILER_RUN_TABLES = ("reconciler.findings", "reconciler.run_chunks", "reconciler.quality_results",
-                         "reconciler.tasks", "reconciler.runs", "reconciler.demo_plants")
+                         "reconciler.tasks", "reconciler.runs", "reconciler.demo_plants",
+                         "reconciler.bypass_writes")
 
 _PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 _BASE_US = int((BASE_TIME - _PG_EPOCH).total_seconds()) * 1_000_000

@@ -7,6 +7,8 @@ expected, and what to do next.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ReconcilerError(Exception):
     """Raised for every failure the product reports to its callers; catch this for all of them."""
@@ -39,6 +41,16 @@ class InsufficientFundsError(ReconcilerError):
 
 class IdempotencyConflictError(ReconcilerError):
     """Raised when an idempotency key is reused for a different customer, amount or kind."""
+
+
+class CustomerBusyError(ReconcilerError):
+    """Raised when a correction asked not to wait finds the customer's row locked by another session; nothing
+    was written. ``lockers`` are the sessions seen holding the lock (:class:`reconciler.row_locks.RowLocker`)."""
+
+    def __init__(self, message: str, customer_id: int, lockers: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.customer_id = customer_id
+        self.lockers = lockers
 
 
 class TransientDatabaseError(ReconcilerError):

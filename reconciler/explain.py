@@ -44,6 +44,10 @@ When some ``balance_after`` is missing (an adopted ledger), only amounts can spe
    the ledger: applied twice, or its ledger entry lost).
 5. ``unknown`` otherwise.
 
+When the guard (``reconciler.guard``) recorded writes around the core for the customer since its balance
+was last settled, the explanation names them (``evidence["writers"]``: application, role, time,
+fingerprint) and its sentence says who wrote around the core.
+
 Where several entries match, the latest (highest id) is named. Evidence always has ``entry_ids``
 (a list, possibly empty) plus rule-specific keys; decimals are strings, so it is JSON-able.
 """
@@ -59,6 +63,7 @@ from sqlalchemy import Connection, text
 from reconciler.compare import Drift
 from reconciler.money import ZERO, format_money
 from reconciler.vocabulary import EXPLAINED_CAUSES, Cause
+from reconciler.writers import seen_writes, with_writers
 
 #: The causes explain may name (:class:`reconciler.vocabulary.Cause`, all but the real-time one).
 CAUSES = EXPLAINED_CAUSES
@@ -434,4 +439,9 @@ def explain_drifts(conn: Connection, drifts: Sequence[Drift], *, batch: int = DE
     for start in range(0, len(drifts), batch):
         for customer_id, facts in fetch_facts(conn, drifts[start:start + batch]).items():
             result[customer_id] = explain(facts)
+        # The writer, when the guard saw one: the bypass writes of these customers since their last settlement.
+        for customer_id, writes in seen_writes(conn, [d.customer_id for d in drifts[start:start + batch]]).items():
+            found = result[customer_id]
+            evidence, summary = with_writers(found.evidence, found.summary, writes)
+            result[customer_id] = Explanation(found.cause, evidence, summary)
     return result

@@ -40,6 +40,8 @@ from reconciler.report_model import (
     ReportModel,
     RunFacts,
     UnresolvedTask,
+    WriterLine,
+    WritersFacts,
     build_report_model,
     cause_label,
     observed,
@@ -280,7 +282,20 @@ def fetch_report_input(conn: Connection, run_id: int, now: dt.datetime, *, top: 
         causes=fetch_causes(conn, run_id), unresolved=fetch_unresolved(conn, run), changes=fetch_changes(conn, run),
         history=fetch_history(conn, run_id, trend_runs), quality=fetch_quality(conn, run_id), now=now,
         book=fetch_book(conn, run) if book_now else None, compared=fetch_compared(conn, run),
-        data_docs_href=data_docs_href)
+        data_docs_href=data_docs_href, writers=fetch_writers(conn, run_id))
+
+
+def fetch_writers(conn: Connection, run_id: int) -> WritersFacts:
+    """The guard's census over the run's window (from the previous run's start to this run's start)."""
+    from reconciler.guard import read_mode, read_triggers  # noqa: PLC0415
+    from reconciler.writers import census, run_window  # noqa: PLC0415
+
+    window = run_window(conn, run_id)
+    mode = read_mode(read_triggers(conn))[0]
+    return WritersFacts(window.describe(), mode, tuple(
+        WriterLine(w.application_name, w.role, w.fingerprint, w.writes, w.customers, w.net_amount, w.abs_amount,
+                   w.broke_ledger, w.first_seen, w.last_seen, w.example_statement)
+        for w in census(conn, window)))
 
 
 def write_tasks_csv(conn: Connection, run_id: int, path: Path) -> None:

@@ -3,6 +3,10 @@
 Invariant: every amount is a ``Decimal`` taken from PostgreSQL ``numeric`` sums or derived from them by
 exact ``Decimal`` arithmetic, so each tie-out line sums exactly; nothing here reads the clock, the
 database or the file system (``now`` is an input), so the same rows always give the same report.
+
+Slightly above ~500 lines on purpose: it is the one place the report's numbers are derived, and the
+tie-out (summary, causes, changes since the previous run, history) must be read together to see that each
+line sums exactly; splitting it would spread one invariant over several files.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from reconciler.corrections import BUSY_RUNS_CALLOUT
 from reconciler.money import ZERO, format_money
+from reconciler.row_locks import format_lockers
 from reconciler.vocabulary import Cause
 
 #: Upper bounds (in days) of the aging buckets of unresolved tasks; the last bucket is open-ended.
@@ -194,6 +200,32 @@ class QualityLine:
 
 
 @dataclass(frozen=True)
+class WriterLine:
+    """One code path that wrote around the balance core (the guard's census), as fetched."""
+
+    application_name: str
+    role: str
+    fingerprint: str | None
+    writes: int
+    customers: int
+    net_amount: Decimal
+    abs_amount: Decimal
+    broke_ledger: int
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    example_statement: str | None = None
+
+
+@dataclass(frozen=True)
+class WritersFacts:
+    """The census of writers around the core over the run's window, and the guard's mode when reported."""
+
+    window: str
+    guard_mode: str
+    lines: tuple[WriterLine, ...] = ()
+
+
+@dataclass(frozen=True)
 class ReportInput:
     run: RunFacts
     outcomes: tuple[OutcomeGroup, ...]
@@ -207,6 +239,7 @@ class ReportInput:
     book: BookTotals | None = None
     data_docs_href: str | None = None
     compared: ComparedTotals | None = None
+    writers: WritersFacts | None = None
 
 
 # ---- outputs: what the page, the CSV check and summary.json show --------------------------------------------
@@ -291,6 +324,30 @@ class QualityView:
 
 
 @dataclass(frozen=True)
+class WritersView:
+    """The section "Writers around the core": the census with its totals (largest absolute amount first)."""
+
+    window: str
+    guard_mode: str
+    lines: tuple[WriterLine, ...]
+    writes: int
+    net_amount: Decimal
+    abs_amount: Decimal
+    broke_ledger: int
+
+
+@dataclass(frozen=True)
+class BusyLine:
+    """A customer whose correction was skipped because another session held its row lock."""
+
+    customer_id: int
+    task_id: int | None
+    lockers: str
+    runs_in_a_row: int
+    called_out: bool  # busy for BUSY_RUNS_CALLOUT runs in a row or more
+
+
+@dataclass(frozen=True)
 class ReportModel:
     summary: Summary
     tie_out_found: tuple[TieOutLine, ...]
@@ -305,6 +362,8 @@ class ReportModel:
     now: dt.datetime
     tie_out_compared: tuple[TieOutLine, ...] = ()
     compared_snapshot: str | None = None
+    writers: WritersView | None = None
+    busy: tuple[BusyLine, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """summary.json: decimals as strings, times ISO 8601."""
@@ -340,6 +399,17 @@ class ReportModel:
             "csv": {"file": "tasks.csv", "rows": s.drifting, "drift_total": str(s.net_drift),
                     "abs_drift_total": str(s.total_abs_drift)},
             "warnings": list(self.warnings),
+            "writers": None if self.writers is None else {
+                "window": self.writers.window, "guard_mode": self.writers.guard_mode, "writes": self.writers.writes,
+                "net_amount": str(self.writers.net_amount), "abs_amount": str(self.writers.abs_amount),
+                "broke_ledger": self.writers.broke_ledger,
+                "writers": [{"application_name": w.application_name, "role": w.role, "fingerprint": w.fingerprint,
+                             "writes": w.writes, "customers": w.customers, "net_amount": str(w.net_amount),
+                             "abs_amount": str(w.abs_amount), "broke_ledger": w.broke_ledger,
+                             "first_seen": _iso(w.first_seen), "last_seen": _iso(w.last_seen)}
+                            for w in self.writers.lines]},
+            "busy": [{"customer_id": b.customer_id, "task_id": b.task_id, "lockers": b.lockers,
+                      "runs_in_a_row": b.runs_in_a_row, "called_out": b.called_out} for b in self.busy],
         }
 
 
@@ -562,6 +632,30 @@ def build_warnings(inp: ReportInput, summary: Summary) -> tuple[str, ...]:
     return tuple(notes)
 
 
+def build_writers(facts: WritersFacts | None) -> WritersView | None:
+    """The census section, largest absolute amount first, with exact totals (pure)."""
+    if facts is None:
+        return None
+    lines = tuple(sorted(facts.lines, key=lambda w: (-w.abs_amount, -w.writes, w.application_name, w.role,
+                                                     w.fingerprint or "")))
+    return WritersView(facts.window, facts.guard_mode, lines, sum(w.writes for w in lines),
+                       sum((w.net_amount for w in lines), ZERO), sum((w.abs_amount for w in lines), ZERO),
+                       sum(w.broke_ledger for w in lines))
+
+
+def build_busy(run: RunFacts) -> tuple[BusyLine, ...]:
+    """The run's busy customers (from its outcome), longest-busy first (pure)."""
+    listed = run.outcome.get("busy")
+    lines = []
+    for item in listed if isinstance(listed, list) else []:
+        held = format_lockers(item.get("lockers") or [])
+        streak = int(item.get("runs_in_a_row") or 1)
+        task_id = item.get("task_id")
+        lines.append(BusyLine(int(item["customer_id"]), int(task_id) if task_id is not None else None, held, streak,
+                              streak >= BUSY_RUNS_CALLOUT))
+    return tuple(sorted(lines, key=lambda line: (-line.runs_in_a_row, line.customer_id)))
+
+
 def build_report_model(inp: ReportInput) -> ReportModel:
     """The whole report of a run from its fetched rows (pure)."""
     summary = build_summary(inp.run, inp.outcomes)
@@ -579,4 +673,6 @@ def build_report_model(inp: ReportInput) -> ReportModel:
         quality=build_quality(inp.quality, inp.data_docs_href),
         warnings=build_warnings(inp, summary),
         now=inp.now,
+        writers=build_writers(inp.writers),
+        busy=build_busy(inp.run),
     )

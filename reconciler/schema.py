@@ -11,13 +11,15 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Identity,
+    Index,
     Integer,
     MetaData,
     Numeric,
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import text as sql_text
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
 
 from reconciler import vocabulary
 
@@ -44,9 +46,12 @@ ledger_entries = Table(
     Column("amount", MONEY, nullable=False),
     Column("kind", Text, nullable=False),
     Column("reference", Text),
-    Column("idempotency_key", Text, unique=True),
+    Column("idempotency_key", Text),
     Column("balance_after", MONEY),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ux_customer_ledger_entries_idempotency_key", "idempotency_key", unique=True),
+    #: The real-time chain check and the per-customer SUM read only this index (index-only scans).
+    Index("ix_customer_ledger_entries_customer_cover", "customer_id", "id", postgresql_include=["amount"]),
 )
 
 runs = Table(
@@ -66,6 +71,8 @@ runs = Table(
     Column("outcome", JSONB, nullable=False),
     Column("error", Text),
     Column("run_key", Text),  # migration 0004: an orchestrator's key, unique among running runs
+    Index("ux_runs_running_key", "run_key", unique=True,
+          postgresql_where=sql_text("status = 'running' and run_key is not null")),
     schema=SCHEMA,
 )
 
@@ -109,7 +116,9 @@ tasks = Table(
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
     Column("run_id", BigInteger, ForeignKey(f"{SCHEMA}.runs.id")),
-    Column("customer_id", BigInteger, ForeignKey("customers.id"), nullable=False),
+    # No ForeignKey: its KEY SHARE check would wait on a customer locked by a service (migration 0005
+    # keeps the reference with lock-free triggers instead).
+    Column("customer_id", BigInteger, nullable=False),
     Column("stored_balance", MONEY, nullable=False),
     Column("ledger_sum", MONEY, nullable=False),
     Column("drift", MONEY, nullable=False),
@@ -123,6 +132,12 @@ tasks = Table(
     Column("resolved_at", DateTime(timezone=True)),
     Column("resolution", JSONB, nullable=False),
     Column("correction_entry_id", BigInteger),
+    #: At most one unresolved task per customer.
+    Index("ux_tasks_one_unresolved_per_customer", "customer_id", unique=True,
+          postgresql_where=sql_text("status in ('open', 'needs_review')")),
+    Index("ix_tasks_run", "run_id"),
+    Index("ix_tasks_status", "status"),
+    Index("ix_tasks_last_seen_run", "last_seen_run_id"),
     schema=SCHEMA,
 )
 
@@ -136,7 +151,21 @@ quality_results = Table(
     Column("success", Boolean, nullable=False),
     Column("details", JSONB, nullable=False),
     Column("evaluated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_quality_results_run", "run_id"),
     schema=SCHEMA,
+)
+
+#: migration 0008: an expectation's unexpected rows, computed once per check and read back by GX (unlogged,
+#: deleted by the check that wrote them; written only by reconciler.quality).
+quality_unexpected = Table(
+    "quality_unexpected",
+    metadata,
+    Column("check_key", Text, primary_key=True),
+    Column("expectation", Text, primary_key=True),
+    Column("ordinal", BigInteger, primary_key=True),
+    Column("row", JSONB, nullable=False),
+    schema=SCHEMA,
+    prefixes=["UNLOGGED"],
 )
 
 demo_plants = Table(
@@ -150,11 +179,40 @@ demo_plants = Table(
     schema=SCHEMA,
 )
 
+#: Writes made around the balance core, as the guard recorded them (migration 0006; ``reconciler/guard.py``).
+#: No foreign key to customers: the guard never waits on a customer's row lock.
+bypass_writes = Table(
+    "bypass_writes",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("txid", BigInteger, nullable=False),
+    Column("table_name", Text, nullable=False),
+    Column("operation", Text, nullable=False),
+    Column("customer_id", BigInteger),
+    Column("old_balance", MONEY),
+    Column("new_balance", MONEY),
+    Column("delta", Numeric(20, 2, asdecimal=True)),
+    Column("entry_id", BigInteger),
+    Column("amount", MONEY),
+    Column("application_name", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("client_addr", INET),
+    Column("backend_pid", Integer, nullable=False),
+    Column("statement", Text),
+    Column("fingerprint", Text),
+    Column("breaks_ledger", Boolean),
+    Column("refused", Boolean, nullable=False),
+    Index("ix_bypass_writes_at", "at"),
+    Index("ix_bypass_writes_customer", "customer_id", "txid"),
+    schema=SCHEMA,
+)
+
 RUN_STATUSES = ("running", "succeeded", "failed", "halted")
 RUN_TRIGGERS = ("scheduled", "manual", "cli")
 TASK_STATUSES = vocabulary.TASK_STATUSES
 UNRESOLVED_STATUSES = ("open", "needs_review")
-TASK_SOURCES = ("run", "realtime")
+TASK_SOURCES = ("run", "realtime", "bypass")
 
 #: The balance core's reconciliation log (migration 0002): one row per ``reconcile_balance`` call, with
 #: old and new values; it is also the idempotency record of a reconciliation and the anchor of the
@@ -165,7 +223,7 @@ balance_reconciliations = Table(
     Column("id", BigInteger, Identity(always=True), primary_key=True),
     Column("customer_id", BigInteger, ForeignKey("customers.id"), nullable=False),
     Column("policy", Text, nullable=False),
-    Column("idempotency_key", Text, unique=True),
+    Column("idempotency_key", Text),
     Column("reference", Text),
     Column("stored_before", MONEY, nullable=False),
     Column("ledger_sum", MONEY, nullable=False),
@@ -176,5 +234,18 @@ balance_reconciliations = Table(
     Column("changed", Boolean, nullable=False),
     Column("audit", JSONB, nullable=False),
     Column("reconciled_at", DateTime(timezone=True), nullable=False),
+    Index("ux_balance_reconciliations_idempotency_key", "idempotency_key", unique=True),
+    Index("ix_balance_reconciliations_customer", "customer_id", "id"),
+    schema=SCHEMA,
+)
+
+#: What migration 0001 added to an adopted ledger (so a downgrade removes exactly that).
+adoption = Table(
+    "adoption",
+    metadata,
+    Column("table_name", Text, primary_key=True),
+    Column("created", Boolean, nullable=False),
+    Column("added_columns", ARRAY(Text), nullable=False),
+    Column("adopted_at", DateTime(timezone=True), nullable=False),
     schema=SCHEMA,
 )

@@ -137,6 +137,55 @@ def open_tasks_from_findings(conn: Connection, run_id: int, first_id: int, last_
     return opened, len(rows) - opened
 
 
+# ---- opened by the guard at the commit of a write around the core (reconciler.guard) -------------------------
+
+#: A task keeps at most this many bypass writes as evidence, and the guard stops adding events at this many,
+#: so a hot writer cannot grow one task without bound (every write stays in ``reconciler.bypass_writes``).
+MAX_TASK_WRITERS = 20
+MAX_TASK_EVENTS = 100
+
+#: The PL/pgSQL statement the guard's commit check (``reconciler.guard_check_ledger``) runs when a write around
+#: the core broke a customer's ledger: open the customer's task with ``source = 'bypass'``, the bypass rows as
+#: evidence and an ``open`` event, or update its unresolved one with an ``update`` event (the same
+#: one-unresolved-task rule). It reads the check's variables: ``new`` (the ``bypass_writes`` row), ``stored``
+#: (the balance), ``total`` (the ledger sum), ``ledger`` (the sum, or the chain's last balance_after when only the
+#: chain broke), ``probable`` (the cause), ``writer`` (jsonb), ``story`` (text) and ``ids`` (bigint[]).
+BYPASS_TASK_UPSERT = f"""
+insert into reconciler.tasks as t
+    (customer_id, stored_balance, ledger_sum, drift, status, source, cause, evidence, resolution)
+values (new.customer_id, stored, ledger, stored - ledger, 'open', 'bypass', probable,
+        jsonb_build_object('check', 'bypass', 'bypass_write_ids', to_jsonb(ids),
+                           'writers', jsonb_build_array(writer), 'summary', story,
+                           'ledger_sum_is', case when stored <> total then 'the ledger sum'
+                                                 else 'the chain''s last balance_after' end),
+        jsonb_build_object('events', jsonb_build_array(jsonb_build_object(
+            'at', now(), 'by', 'reconciler guard', 'action', 'open', 'from', null, 'to', 'open',
+            'note', 'a write around the core broke the ledger', 'run_id', null,
+            'values', jsonb_build_object('stored_balance', stored::text, 'ledger_sum', ledger::text,
+                                         'drift', (stored - ledger)::text, 'cause', probable,
+                                         'bypass_write_ids', to_jsonb(ids))))))
+on conflict (customer_id) where status in ('open', 'needs_review') do update set
+    stored_balance = excluded.stored_balance, ledger_sum = excluded.ledger_sum, drift = excluded.drift,
+    updated_at = now(),
+    evidence = case
+        when jsonb_array_length(coalesce(t.evidence -> 'writers', '[]'::jsonb)) >= {MAX_TASK_WRITERS}
+        then t.evidence  -- a hot writer: the rest is in reconciler.bypass_writes
+        else coalesce(t.evidence, '{{}}'::jsonb) || jsonb_build_object(
+            'bypass_write_ids', coalesce(t.evidence -> 'bypass_write_ids', '[]'::jsonb) || to_jsonb(ids),
+            'writers', coalesce(t.evidence -> 'writers', '[]'::jsonb) || jsonb_build_array(writer)) end,
+    resolution = case
+        when jsonb_array_length(coalesce(t.resolution -> 'events', '[]'::jsonb)) >= {MAX_TASK_EVENTS}
+        then t.resolution
+        else jsonb_set(t.resolution, '{{events}}', coalesce(t.resolution -> 'events', '[]'::jsonb)
+        || jsonb_build_array(jsonb_build_object(
+            'at', now(), 'by', 'reconciler guard', 'action', 'update', 'from', t.status, 'to', t.status,
+            'note', 'a write around the core changed the drift', 'run_id', null,
+            'values', jsonb_build_object('old_drift', t.drift::text, 'drift', excluded.drift::text,
+                                         'stored_balance', excluded.stored_balance::text,
+                                         'ledger_sum', excluded.ledger_sum::text,
+                                         'bypass_write_ids', to_jsonb(ids))))) end;"""
+
+
 _DISMISS_VANISHED = text(f"""
 with current as (
     select t.id, c.balance,
@@ -343,25 +392,34 @@ def mark_many_needs_review(conn: Connection, reviews: Sequence[tuple[int, Decima
         for task_id, drift, reason in reviews])
 
 
+#: Outcomes that leave the task as it is and only append an event (the event's action); ``pending`` is cleared
+#: so the next run decides afresh (``busy``: another session held the row lock). A new such outcome is one
+#: entry here.
+EVENT_ONLY_OUTCOMES: Mapping[str, str] = {"deferred": "defer", "busy": "busy"}
+#: Outcomes that resolve the task: (status, event action).
+RESOLVING_OUTCOMES: Mapping[str, tuple[str, str]] = {"corrected": ("corrected", "correct"),
+                                                      "vanished": ("dismissed", "dismiss")}
+
+
 def record_outcome(conn: Connection, task_id: int, *, outcome: str, by: str, note: str | None,
                    reason: str, run_id: int | None, values: Mapping[str, object],
                    entry_id: int | None = None) -> bool:
     """Write a correction's outcome on its task: ``corrected`` (the core changed the balance), ``vanished``
-    (dismissed: nothing to correct) or ``deferred`` (an event only; the task stays as it is and ``pending``
-    is cleared). False when the task was not unresolved any more (or the outcome was deferred)."""
-    if outcome == "deferred":
-        note_event(conn, task_id, action="defer", by=by, note=reason, run_id=run_id, values=values)
+    (dismissed: nothing to correct), or an event-only outcome such as ``deferred`` (the task stays as it is).
+    False when the task was not unresolved any more (or the outcome resolves nothing)."""
+    if outcome in EVENT_ONLY_OUTCOMES:
+        note_event(conn, task_id, action=EVENT_ONLY_OUTCOMES[outcome], by=by, note=reason, run_id=run_id,
+                   values=values)
         return False
-    summary: dict[str, object] = {**values, "by": by, "note": note, "run_id": run_id, "reason": reason}
-    if outcome == "corrected":
-        summary["action"] = "correct"
-        return transition(conn, task_id, to="corrected", action="correct", by=by, note=note or reason,
-                          run_id=run_id, values=values, summary=summary, entry_id=entry_id)
-    if outcome != "vanished":
-        raise InvalidOperationError(f"outcome must be corrected, vanished or deferred, got {outcome!r}")
-    summary["action"] = "dismiss"
-    return transition(conn, task_id, to="dismissed", action="dismiss", by=by, note=reason, run_id=run_id,
-                      values=values, summary=summary)
+    if outcome not in RESOLVING_OUTCOMES:
+        raise InvalidOperationError(
+            f"outcome must be one of {', '.join([*RESOLVING_OUTCOMES, *EVENT_ONLY_OUTCOMES])}, got {outcome!r}")
+    status, action = RESOLVING_OUTCOMES[outcome]
+    summary: dict[str, object] = {**values, "by": by, "note": note, "run_id": run_id, "reason": reason,
+                                  "action": action}
+    return transition(conn, task_id, to=status, action=action, by=by,
+                      note=(note or reason) if outcome == "corrected" else reason, run_id=run_id, values=values,
+                      summary=summary, entry_id=entry_id if outcome == "corrected" else None)
 
 
 def dismiss_by_hand(conn: Connection, task_id: int, *, by: str, note: str, drift: Decimal) -> bool:
@@ -447,6 +505,34 @@ def run_task_counts(conn: Connection, run_id: int) -> dict[str, int]:
                    as dismissed
         from reconciler.tasks t where t.last_seen_run_id = :run"""), {"run": run_id}).one()
     return {"opened": int(row.opened), "updated": int(row.updated), "dismissed": int(row.dismissed)}
+
+
+def busy_streak(events: Sequence[Mapping[str, Any]]) -> int:
+    """How many runs in a row, up to the latest event, found the task's customer locked (pure).
+
+    Counts the trailing ``busy`` events of distinct runs; events of other kinds by the same runs (e.g.
+    ``seen``) do not break the streak, any other run's event does."""
+    runs: list[object] = []
+    for event in reversed(events):
+        if event.get("action") == "busy":
+            if event.get("run_id") not in runs:
+                runs.append(event.get("run_id"))
+        elif event.get("run_id") not in runs or event.get("run_id") is None:
+            break
+    return len(runs)
+
+
+_BUSY_EVENTS = text("""
+select t.id, t.customer_id, t.resolution -> 'events' as events from reconciler.tasks t
+where t.id = any(cast(:ids as bigint[]))""").bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
+
+
+def busy_streaks(conn: Connection, task_ids: Sequence[int]) -> dict[int, int]:
+    """:func:`busy_streak` of each task, by task id."""
+    if not task_ids:
+        return {}
+    rows = conn.execute(_BUSY_EVENTS, {"ids": list(task_ids)}).all()
+    return {int(row.id): busy_streak(row.events or []) for row in rows}
 
 
 def describe(task: TaskView) -> str:

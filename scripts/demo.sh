@@ -4,8 +4,10 @@
 # 1. the embedded PostgreSQL (.reconciler/pgdata): database `ledger`, and Airflow's metadata in `airflow`;
 # 2. migrations of both (Airflow's only on first use);
 # 3. demo data: DEMO_CUSTOMERS customers (default 20000) with planted drift, seeded once (RESEED=1 to redo);
-# 4. `airflow dags test ledger_reconciliation`: one DAG run, one mapped compare_chunk task per chunk;
-# 5. the run's summary, its explained drifts and where the report is.
+# 4. the guard on (`reconciler guard observe`), then two fake services (legacy-billing, support-tool: plain
+#    psycopg) write around the balance core; `reconciler writers` names them;
+# 5. `airflow dags test ledger_reconciliation`: one DAG run, one mapped compare_chunk task per chunk;
+# 6. the run's summary, its explained drifts, the writers around the core and where the report is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -30,9 +32,18 @@ if [[ -z "${RESEED:-}" ]] && reconciler demo planted --first >/dev/null 2>&1; th
     step "Demo data already seeded (RESEED=1 make demo starts over)"
 else
     step "Seeding $CUSTOMERS customers x $ENTRIES entries, drift planted in ${DRIFT_RATE} of them"
+    reconciler guard off >/dev/null  # the seed itself writes around the core, on purpose
     reconciler demo seed --customers "$CUSTOMERS" --entries-per-customer "$ENTRIES" --drift-rate "$DRIFT_RATE" \
         --seed 42 --reset
 fi
+
+step "The guard: reconciler guard observe (the database records every write around the balance core)"
+reconciler guard observe
+
+step "Two fake services write around the core (plain psycopg, their own application_name)"
+python scripts/demo_writers.py
+echo
+reconciler writers --since "$(date -u -d '-2 minutes' +%Y-%m-%dT%H:%M:%SZ)"
 
 step "Airflow: airflow dags test ledger_reconciliation (chunk_size $CHUNK_SIZE: one mapped compare_chunk per chunk)"
 log="$AIRFLOW_HOME/demo-dags-test.log"

@@ -10,13 +10,45 @@ import sys
 
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import Engine, text
 
 from reconciler.alerts import latest_run
 from reconciler.db import make_engine
 from reconciler.money import format_money
 from reconciler.pipeline import load_summary, top_drifts
+from reconciler.writers import census, run_window
 
 TOP = 12
+
+
+def print_writers(console: Console, engine: Engine, run_id: int) -> None:
+    """The guard's census for the run (who wrote around the core before it, how often, how much) and the
+    run's drifts whose explanation names such a writer."""
+    with engine.connect() as conn:
+        window = run_window(conn, run_id)
+        writers = census(conn, window)
+        named = conn.execute(text("""
+            select customer_id, drift, evidence ->> 'summary' as summary from reconciler.findings
+            where run_id = :run and evidence ? 'writers' order by abs(drift) desc, customer_id limit :n"""),
+                             {"run": run_id, "n": TOP}).all()
+    if not writers:
+        console.print("[bold]Writers around the core:[/] none recorded before this run\n")
+        return
+    table = Table(title=f"Writers around the core ({window.describe()})", title_justify="left")
+    for column in ("writer (role)", "writes", "customers", "net", "moved", "broke ledger"):
+        table.add_column(column, justify="left" if column.startswith("writer") else "right")
+    for w in writers:
+        table.add_row(f"{w.application_name or '(none)'} ({w.role})", f"{w.writes:,}", f"{w.customers:,}",
+                      format_money(w.net_amount), format_money(w.abs_amount), f"{w.broke_ledger:,}")
+    console.print(table)
+    for number, w in enumerate(writers, 1):
+        console.print(f"  {number}. {w.application_name or '(none)'}: {w.fingerprint}", highlight=False)
+    if named:
+        console.print("\n[bold]Drifts whose writer the guard saw[/]")
+        for r in named:
+            console.print(f"  customer {r.customer_id:>7}  drift {format_money(r.drift):>10}  {r.summary}",
+                          highlight=False)
+    console.print()
 
 
 def main() -> int:
@@ -57,6 +89,7 @@ def main() -> int:
             if drift.summary:
                 console.print(f"      {drift.summary}", highlight=False)
         console.print()
+    print_writers(console, engine, summary.run_id)
     console.print(f"report: {summary.report_path or '(none written)'}")
     console.print(f"tasks:  .venv/bin/reconciler tasks list --run {summary.run_id}")
     engine.dispose()

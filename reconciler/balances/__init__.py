@@ -14,21 +14,25 @@ How each operation keeps round trips low (the throughput target is >= 0.7x a raw
 baseline; round trips and client CPU per statement decide it, as measured in bench/README.md):
 
 - ``update_balance`` first tries ONE statement in autocommit (its own transaction, one round trip): a
-  CTE whose ``UPDATE ... RETURNING`` takes the customer's row lock (the lock ``SELECT ... FOR UPDATE``
+  CTE whose ``UPDATE ... RETURNING`` takes the customer's row lock (the lock ``SELECT ... FOR NO KEY UPDATE``
   takes; after a lock wait PostgreSQL re-checks the WHERE against the newest committed row, so no
   update is lost) and whose ``INSERT`` appends the entry with the returned balance as ``balance_after``.
   Its WHERE changes the balance only when the funds guard holds, the idempotency key is unused and the
   balance equals what the chain expects. Otherwise it writes nothing, and the *locked path* decides with
-  exact values in one transaction: ``SELECT ... FOR UPDATE``, then one CTE that updates the balance,
+  exact values in one transaction: ``SELECT ... FOR NO KEY UPDATE``, then one CTE that updates the balance,
   appends the entry and reads the chain with a snapshot taken after the lock was granted (plus the
   realtime task when the chain is broken). Bad input, refused debits, contention on one customer and
   chain mismatches take the locked path; ordinary payments never do.
-- ``transfer`` locks both customers with one ``SELECT ... ORDER BY id FOR UPDATE`` (always in id
+- ``transfer`` locks both customers with one ``SELECT ... ORDER BY id FOR NO KEY UPDATE`` (always in id
   order, so two opposite transfers cannot deadlock), then one CTE updates both and appends both entries.
-- ``reconcile_balance`` locks the customer (``SELECT ... FOR UPDATE``), re-reads the ledger sum under
-  the lock, then settles the balance and logs the reconciliation in one CTE.
-- Each call checks a connection out of the engine's pool (its liveness judged without a round trip, see
-  :func:`reconciler.db.connection_is_alive`; a pre-ping only when configured); a worker
+- ``reconcile_balance`` locks the customer (``SELECT ... FOR NO KEY UPDATE``; with ``nowait=True`` a
+  customer locked by another session raises :class:`CustomerBusyError` at once), re-reads the ledger sum
+  under the lock, then settles the balance and logs the reconciliation in one CTE.
+- Every row lock is ``FOR NO KEY UPDATE``, the lock a plain UPDATE takes: the core never changes a key, so
+  it never blocks another session's KEY SHARE (a foreign key check on a row referencing the customer).
+- A payment or an uncached read runs on a pooled connection the manager keeps in autocommit between calls
+  (its liveness judged without a round trip, see :func:`reconciler.db.connection_is_alive`; returned to the
+  pool when it runs short, or by ``close()``); a worker
   loop can hold one connection for many calls with ``with manager.pinned() as core: ...``.
 
 Real-time validation is O(1) per change (one backward step on the ``(customer_id, id)`` index): the
@@ -54,6 +58,10 @@ first result (``replayed=True``) and writes nothing; the same key for a differen
 operation or kind raises :class:`IdempotencyConflictError`. Two callers racing with one key are
 decided by the unique index: the loser's transaction rolls back whole and it returns the winner's result.
 
+The guard (``reconciler.guard``) recognises these writes as the core's: every UPDATE and INSERT in
+:mod:`.statements` has ``CORE_WRITE_MARK`` in its WHERE (a transaction-local ``set_config`` evaluated before
+its first row is written, no extra round trip), so the guard's triggers queue nothing for them.
+
 Serialization failures (40001) and deadlocks (40P01) are retried up to ``max_retries`` times with a
 short jittered backoff, then :class:`TransientDatabaseError`; every other database error propagates.
 """
@@ -78,7 +86,7 @@ from .rules import (
     signed_amount,
     transfer_entry_keys,
 )
-from .statements import _FAST_CHANGE
+from .statements import _FAST_CHANGE, CORE_WRITE_MARK, CORE_WRITER, WRITER_SETTING
 from .values import (
     ADJUSTMENT_KIND,
     DEFAULT_CACHE_MAX_ENTRIES,
@@ -99,11 +107,11 @@ from .values import (
 )
 
 __all__ = [
-    "ADJUSTMENT_KIND", "CONNECTION_FAILURE_STATES", "DEFAULT_CACHE_MAX_ENTRIES", "DEFAULT_MAX_RETRIES",
-    "DEFAULT_TOLERANCE", "MAX_KEY_LENGTH", "OPERATIONS", "POLICIES", "REALTIME_CAUSE", "RETRY_BACKOFF_BASE",
-    "RETRY_BACKOFF_CAP", "_FAST_CHANGE", "BalanceCache", "BalanceChange", "BalanceCheck", "BalanceManager",
-    "ChainLink", "Reconciliation", "ReconciliationPlan", "Transfer", "chain_drift", "check_customer_id",
-    "check_key", "check_kind", "check_policy", "check_reference", "check_result_balance",
-    "expected_balance_before", "is_connection_failure", "is_retryable", "plan_reconciliation", "shortfall",
-    "signed_amount", "transfer_entry_keys",
+    "ADJUSTMENT_KIND", "CONNECTION_FAILURE_STATES", "CORE_WRITER", "CORE_WRITE_MARK", "DEFAULT_CACHE_MAX_ENTRIES",
+    "DEFAULT_MAX_RETRIES", "DEFAULT_TOLERANCE", "MAX_KEY_LENGTH", "OPERATIONS", "POLICIES", "REALTIME_CAUSE",
+    "RETRY_BACKOFF_BASE", "RETRY_BACKOFF_CAP", "WRITER_SETTING", "_FAST_CHANGE", "BalanceCache", "BalanceChange",
+    "BalanceCheck", "BalanceManager", "ChainLink", "Reconciliation", "ReconciliationPlan", "Transfer",
+    "chain_drift", "check_customer_id", "check_key", "check_kind", "check_policy", "check_reference",
+    "check_result_balance", "expected_balance_before", "is_connection_failure", "is_retryable",
+    "plan_reconciliation", "shortfall", "signed_amount", "transfer_entry_keys",
 ]

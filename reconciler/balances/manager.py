@@ -28,9 +28,16 @@ from sqlalchemy.exc import DBAPIError
 
 from reconciler import tasks as task_lifecycle
 from reconciler.db import connection_is_alive, describe_url
-from reconciler.db_errors import is_connection_failure, is_numeric_overflow, is_retryable, is_unique_violation
-from reconciler.errors import DatabaseUnavailableError, InvalidOperationError, TransientDatabaseError
+from reconciler.db_errors import (
+    is_connection_failure,
+    is_lock_not_available,
+    is_numeric_overflow,
+    is_retryable,
+    is_unique_violation,
+)
+from reconciler.errors import CustomerBusyError, DatabaseUnavailableError, InvalidOperationError, TransientDatabaseError
 from reconciler.money import DEFAULT_TOLERANCE, MAX_AMOUNT, is_drift, to_positive_money, to_tolerance
+from reconciler.row_locks import describe_lockers, row_lockers
 
 from .cache import BalanceCache
 from .rules import (
@@ -60,6 +67,7 @@ from .statements import (
     _LOAD_RECONCILIATION,
     _LOCK_FOR_CHANGE,
     _LOCK_FOR_RECONCILIATION,
+    _LOCK_FOR_RECONCILIATION_NOWAIT,
     _LOCK_PAIR,
     _LOCKED_CHANGE,
     _READ_BALANCE,
@@ -335,8 +343,11 @@ class BalanceManager:
 
     def reconcile_balance(self, customer_id: int, policy: str = "ledger", *, tolerance: Decimal = Decimal("0.00"),
                           idempotency_key: str | None = None, reference: str | None = None,
-                          audit: Mapping[str, object] | None = None) -> Reconciliation:
+                          audit: Mapping[str, object] | None = None, nowait: bool = False) -> Reconciliation:
         """Settle the balance against the ledger under the row lock, re-reading everything in one transaction.
+
+        With ``nowait`` a customer whose row another session holds locked is not waited for: the call raises
+        :class:`CustomerBusyError` at once, naming the sessions holding the lock, and writes nothing.
 
         Policy ``ledger`` sets the balance to the ledger sum (no entry); ``balance`` posts a
         ``reconciliation_adjustment`` entry of amount = drift so the ledger sum becomes the balance. A drift
@@ -353,8 +364,10 @@ class BalanceManager:
         def attempt() -> Reconciliation:
             try:
                 with self._transaction() as conn:
-                    return self._settle(conn, customer_id, policy, tolerance, key, reference, audit_json)
+                    return self._settle(conn, customer_id, policy, tolerance, key, reference, audit_json, nowait)
             except DBAPIError as exc:
+                if nowait and is_lock_not_available(exc):
+                    raise self._busy(customer_id) from exc
                 if key is not None and is_unique_violation(exc):
                     with self._reading() as conn:
                         row = conn.execute(_LOAD_RECONCILIATION, {"idempotency_key": key}).one_or_none()
@@ -430,9 +443,9 @@ class BalanceManager:
         return Transfer(from_id, to_id, money, changes[from_id], changes[to_id], key, False)
 
     def _settle(self, conn: Connection, customer_id: int, policy: str, tolerance: Decimal, key: str | None,
-                reference: str | None, audit_json: str) -> Reconciliation:
-        locked = conn.execute(_LOCK_FOR_RECONCILIATION, {"customer_id": customer_id,
-                                                          "idempotency_key": key}).one_or_none()
+                reference: str | None, audit_json: str, nowait: bool = False) -> Reconciliation:
+        lock = _LOCK_FOR_RECONCILIATION_NOWAIT if nowait else _LOCK_FOR_RECONCILIATION
+        locked = conn.execute(lock, {"customer_id": customer_id, "idempotency_key": key}).one_or_none()
         if locked is None:
             raise _not_found(customer_id)
         if locked.key_id is not None:
@@ -579,6 +592,18 @@ class BalanceManager:
         else:
             with self._pinned.begin():
                 yield self._pinned
+
+    def _busy(self, customer_id: int) -> CustomerBusyError:
+        """The error for a customer locked by another session, naming the sessions holding the lock."""
+        try:
+            with self._reading() as conn:
+                lockers = row_lockers(conn, customer_id)
+        except DBAPIError:  # diagnostics only: never turn "busy" into a failure
+            log.warning("could not look up who holds customer %s's row lock", customer_id, exc_info=True)
+            lockers = []
+        return CustomerBusyError(
+            f"customer {customer_id} is locked by another session ({describe_lockers(lockers)}); nothing was "
+            f"written: the correction is skipped now and retried by the next run", customer_id, tuple(lockers))
 
     def _count(self, name: str) -> None:
         with self._stats_lock:

@@ -14,6 +14,13 @@ from sqlalchemy.engine import Row
 
 from .values import ChainLink
 
+#: How the guard (``reconciler.guard``) recognises the core's writes: every UPDATE and INSERT below has
+#: CORE_WRITE_MARK in its WHERE, an initplan that sets the transaction-local setting before the statement
+#: writes its first row (no extra round trip); the guard's triggers skip rows written while it says "core".
+WRITER_SETTING = "reconciler.writer"
+CORE_WRITER = "core"
+CORE_WRITE_MARK = f"(SELECT set_config('{WRITER_SETTING}', '{CORE_WRITER}', true)) = '{CORE_WRITER}'"
+
 #: The chain link a change must follow: the customer's latest entry (one backward step on the
 #: (customer_id, id) index) and the latest reconciliation anchor. Shared by both change statements.
 _CHAIN_LINK_CTES = """previous AS (
@@ -55,6 +62,7 @@ changed AS (
       AND (CAST(:allow_negative AS boolean) OR balance + CAST(:amount AS numeric) >= 0)
       AND NOT EXISTS (SELECT FROM key_hit)
       AND balance = coalesce((SELECT balance FROM expected), balance)
+      AND {CORE_WRITE_MARK}
     RETURNING balance
 ),
 posted AS (
@@ -62,6 +70,7 @@ posted AS (
     SELECT CAST(:customer_id AS bigint), CAST(:amount AS numeric), CAST(:kind AS text),
            CAST(:reference AS text), CAST(:idempotency_key AS text), changed.balance
     FROM changed
+    WHERE {CORE_WRITE_MARK}
     RETURNING id
 )
 SELECT posted.id AS entry_id, changed.balance AS balance_after,
@@ -79,7 +88,7 @@ SELECT c.balance, k.id AS key_entry_id
 FROM customers AS c
 LEFT JOIN customer_ledger_entries AS k ON k.idempotency_key = CAST(:idempotency_key AS text)
 WHERE c.id = CAST(:customer_id AS bigint)
-FOR UPDATE OF c
+FOR NO KEY UPDATE OF c
 """)
 
 # The locked path, statement 2: started after the lock was granted, so its snapshot sees every change
@@ -88,13 +97,14 @@ _LOCKED_CHANGE = text(f"""
 WITH {_CHAIN_LINK_CTES}
 changed AS (
     UPDATE customers SET balance = CAST(:balance_after AS numeric), updated_at = now()
-    WHERE id = CAST(:customer_id AS bigint)
+    WHERE id = CAST(:customer_id AS bigint) AND {CORE_WRITE_MARK}
     RETURNING id
 ),
 posted AS (
     INSERT INTO customer_ledger_entries (customer_id, amount, kind, reference, idempotency_key, balance_after)
-    VALUES (CAST(:customer_id AS bigint), CAST(:amount AS numeric), CAST(:kind AS text), CAST(:reference AS text),
-            CAST(:idempotency_key AS text), CAST(:balance_after AS numeric))
+    SELECT CAST(:customer_id AS bigint), CAST(:amount AS numeric), CAST(:kind AS text), CAST(:reference AS text),
+           CAST(:idempotency_key AS text), CAST(:balance_after AS numeric)
+    WHERE {CORE_WRITE_MARK}
     RETURNING id
 )
 SELECT posted.id AS entry_id,
@@ -121,10 +131,10 @@ SELECT c.id, c.balance,
 FROM customers AS c
 WHERE c.id IN (CAST(:from_id AS bigint), CAST(:to_id AS bigint))
 ORDER BY c.id
-FOR UPDATE OF c
+FOR NO KEY UPDATE OF c
 """)
 
-_APPLY_TRANSFER = text("""
+_APPLY_TRANSFER = text(f"""
 WITH key_hit AS (
     SELECT id FROM customer_ledger_entries
     WHERE idempotency_key IN (CAST(:key_out AS text), CAST(:key_in AS text))
@@ -139,14 +149,14 @@ moved AS (
     UPDATE customers AS c
     SET balance = sides.balance_after, updated_at = now()
     FROM sides
-    WHERE c.id = sides.customer_id AND NOT EXISTS (SELECT FROM key_hit)
+    WHERE c.id = sides.customer_id AND NOT EXISTS (SELECT FROM key_hit) AND {CORE_WRITE_MARK}
     RETURNING c.id
 ),
 posted AS (
     INSERT INTO customer_ledger_entries (customer_id, amount, kind, reference, idempotency_key, balance_after)
     SELECT customer_id, amount, kind, CAST(:reference AS text), idempotency_key, balance_after
     FROM sides
-    WHERE NOT EXISTS (SELECT FROM key_hit)
+    WHERE NOT EXISTS (SELECT FROM key_hit) AND {CORE_WRITE_MARK}
     ORDER BY outgoing DESC
     RETURNING id, customer_id
 )
@@ -168,14 +178,16 @@ LEFT JOIN LATERAL (
 ) AS anchor ON true
 """)
 
-_LOCK_FOR_RECONCILIATION = text("""
+_LOCK_FOR_RECONCILIATION_SQL = """
 SELECT c.balance, r.id AS key_id, r.customer_id AS key_customer_id, r.policy AS key_policy,
        r.stored_before, r.ledger_sum, r.drift_before, r.balance_after, r.entry_id, r.changed
 FROM customers AS c
 LEFT JOIN reconciler.balance_reconciliations AS r ON r.idempotency_key = CAST(:idempotency_key AS text)
 WHERE c.id = CAST(:customer_id AS bigint)
-FOR UPDATE OF c
-""")
+FOR NO KEY UPDATE OF c"""
+_LOCK_FOR_RECONCILIATION = text(_LOCK_FOR_RECONCILIATION_SQL)
+#: A run's corrections never wait: a customer locked by another session is skipped as busy at once.
+_LOCK_FOR_RECONCILIATION_NOWAIT = text(_LOCK_FOR_RECONCILIATION_SQL + " NOWAIT")
 
 _LEDGER_TOTALS = text("""
 SELECT coalesce(sum(amount), 0) AS ledger_sum, max(id) AS last_entry_id
@@ -183,17 +195,17 @@ FROM customer_ledger_entries
 WHERE customer_id = CAST(:customer_id AS bigint)
 """)
 
-_SETTLE = text("""
+_SETTLE = text(f"""
 WITH settled AS (
     UPDATE customers SET balance = CAST(:balance_after AS numeric), updated_at = now()
-    WHERE id = CAST(:customer_id AS bigint) AND CAST(:set_balance AS boolean)
+    WHERE id = CAST(:customer_id AS bigint) AND CAST(:set_balance AS boolean) AND {CORE_WRITE_MARK}
     RETURNING id
 ),
 adjustment AS (
     INSERT INTO customer_ledger_entries (customer_id, amount, kind, reference, balance_after)
     SELECT CAST(:customer_id AS bigint), CAST(:adjustment AS numeric), CAST(:kind AS text),
            CAST(:reference AS text), CAST(:balance_after AS numeric)
-    WHERE CAST(:adjustment AS numeric) IS NOT NULL
+    WHERE CAST(:adjustment AS numeric) IS NOT NULL AND {CORE_WRITE_MARK}
     RETURNING id
 ),
 logged AS (

@@ -195,6 +195,10 @@ def _print_human(engine: Engine, summary: RunSummary, top: int) -> None:
     console.print(table)
     if summary.halted_reason:
         console.print(f"[bold red]halted:[/] {summary.halted_reason}")
+    from reconciler.pipeline import describe_busy  # noqa: PLC0415
+
+    for item in summary.busy:
+        console.print(f"[yellow]busy:[/] {describe_busy(item)}")
     if summary.report_path:
         console.print(f"report: {summary.report_path}")
     if top and summary.drift_count:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from reconciler.money import DEFAULT_TOLERANCE
 
-from .correct import CORRECTION_BATCH, apply_run_corrections
+from .correct import CORRECTION_BATCH, MAX_BUSY_LISTED, apply_run_corrections
 from .options import (
     DEFAULT_AUTO_CORRECT_LIMIT,
     DEFAULT_CHUNK_SIZE,
@@ -26,7 +26,7 @@ from .options import (
     Progress,
     RunOptions,
 )
-from .people import describe_error, describe_summary, top_drifts
+from .people import describe_busy, describe_error, describe_summary, top_drifts
 from .runner import run_reconciliation
 from .steps import (
     DEFAULT_STEP_LOCK_TIMEOUT,
@@ -47,10 +47,37 @@ from .steps import (
 from .summary import RunSummary, load_summary
 
 __all__ = [
-    "CORRECTION_BATCH", "DEFAULT_AUTO_CORRECT_LIMIT", "DEFAULT_CHUNK_SIZE", "DEFAULT_MAX_DRIFT_RATIO",
-    "DEFAULT_STEP_LOCK_TIMEOUT", "DEFAULT_TOLERANCE", "DEFAULT_WORKERS", "HEARTBEAT_INTERVAL", "MAX_CHUNK_SIZE",
-    "MAX_WORKERS", "TASK_SPAN_CUSTOMERS", "Progress", "RunOptions", "RunSummary", "Span", "apply_run_corrections",
-    "build_report", "check_quality", "compare_run_chunk", "describe_error", "describe_summary", "finish_run",
-    "group_spans", "heartbeat", "load_summary", "mark_run_failed", "open_run_tasks", "plan_run",
-    "run_reconciliation", "start_run", "top_drifts",
+    "CORRECTION_BATCH",
+    "DEFAULT_AUTO_CORRECT_LIMIT",
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_MAX_DRIFT_RATIO",
+    "DEFAULT_STEP_LOCK_TIMEOUT",
+    "DEFAULT_TOLERANCE",
+    "DEFAULT_WORKERS",
+    "HEARTBEAT_INTERVAL",
+    "MAX_BUSY_LISTED",
+    "MAX_CHUNK_SIZE",
+    "MAX_WORKERS",
+    "TASK_SPAN_CUSTOMERS",
+    "Progress",
+    "RunOptions",
+    "RunSummary",
+    "Span",
+    "apply_run_corrections",
+    "build_report",
+    "check_quality",
+    "compare_run_chunk",
+    "describe_busy",
+    "describe_error",
+    "describe_summary",
+    "finish_run",
+    "group_spans",
+    "heartbeat",
+    "load_summary",
+    "mark_run_failed",
+    "open_run_tasks",
+    "plan_run",
+    "run_reconciliation",
+    "start_run",
+    "top_drifts",
 ]

@@ -22,6 +22,7 @@ from reconciler.correction_executor import execute_plan
 from reconciler.correction_plan import Step, halt_reason, needs_current_drift, plan_corrections
 from reconciler.corrections import (
     CorrectionResult,
+    Outcome,
     TaskRef,
     apply_correction,
     correction_engine,
@@ -47,6 +48,20 @@ def _current_drifts(engine: Engine, customer_ids: Sequence[int]) -> dict[int, De
 
 
 
+#: At most this many busy customers are listed on a run (all are counted).
+MAX_BUSY_LISTED = 1_000
+
+
+def _busy_entries(engine: Engine, busy: Sequence[CorrectionResult]) -> list[dict[str, object]]:
+    """The busy customers as a run lists them: customer, task, who holds the lock, runs in a row busy."""
+    listed = sorted(busy, key=lambda result: result.task.customer_id)[:MAX_BUSY_LISTED]
+    with engine.connect() as conn:
+        streaks = tasks.busy_streaks(conn, [result.task.task_id for result in listed])
+    return [{"customer_id": result.task.customer_id, "task_id": result.task.task_id,
+             "lockers": [locker.to_json() for locker in result.lockers],
+             "runs_in_a_row": streaks.get(result.task.task_id, 1)} for result in listed]
+
+
 def apply_run_corrections(engine: Engine, run_id: int) -> dict[str, object]:
     """Apply the guardrails and correct the run's unresolved tasks through the balance core.
 
@@ -70,6 +85,7 @@ def apply_run_corrections(engine: Engine, run_id: int) -> dict[str, object]:
     guardrails = options.guardrails
     halted_reason = halt_reason(totals.drift_count, totals.customers_checked, guardrails)
     counts: Counter[str] = Counter()
+    busy: list[CorrectionResult] = []
     by = f"run {run_id}"
     if halted_reason is None:
         local = threading.local()
@@ -101,13 +117,16 @@ def apply_run_corrections(engine: Engine, run_id: int) -> dict[str, object]:
                 done = execute_plan(engine, plan, correct, by=by, run_id=run_id, notes=note,
                                     tolerance=options.tolerance, workers=options.workers, prepare=_local_timeouts)
                 counts.update(done.counts)
+                busy.extend(r for r in done.results.values() if r.outcome is Outcome.BUSY)
                 with engine.begin() as conn:
                     runs.heartbeat(conn, run_id, min_interval=HEARTBEAT_INTERVAL)
     result: dict[str, object] = {"halted_reason": halted_reason, **{key: counts.get(key, 0) for key in (
-        "corrected", "vanished", "deferred", "needs_review", "would_correct", "left_open", "pending_left",
+        "corrected", "vanished", "deferred", "busy", "needs_review", "would_correct", "left_open", "pending_left",
         "already_resolved")}}
+    busy_listed = _busy_entries(engine, busy)
     with engine.begin() as conn:
-        patch: dict[str, object] = {"corrections": {k: v for k, v in result.items() if k != "halted_reason"}}
+        patch: dict[str, object] = {"corrections": {k: v for k, v in result.items() if k != "halted_reason"},
+                                    "busy": busy_listed}
         if halted_reason is not None:
             patch["halted_reason"] = halted_reason
         runs.merge_outcome(conn, run_id, patch)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from reconciler import findings as finding_store
 from reconciler.money import format_money
 from reconciler.report_model import DriftLine
+from reconciler.row_locks import format_lockers
 
 from .summary import RunSummary
 
@@ -24,6 +28,14 @@ def top_drifts(engine: Engine, run_id: int, limit: int = 10) -> list[DriftLine]:
     """The run's largest drifts (by absolute value) with their explanations and task status."""
     with engine.connect() as conn:
         return finding_store.top_drifts(conn, run_id, limit)
+
+
+def describe_busy(item: Mapping[str, Any]) -> str:
+    """One line for a busy customer: who holds its lock and for how many runs in a row."""
+    streak = int(item.get("runs_in_a_row") or 1)
+    return (f"customer {item.get('customer_id')} (task {item.get('task_id')}) was locked by "
+            f"{format_lockers(item.get('lockers') or [])}; correction skipped, retried next run"
+            + (f" (busy {streak} runs in a row)" if streak > 1 else ""))
 
 
 def describe_summary(summary: RunSummary) -> str:

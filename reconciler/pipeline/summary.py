@@ -36,8 +36,15 @@ class RunSummary:
             "run_id": self.run_id, "status": self.status, "customers_checked": self.customers_checked,
             "drift_count": self.drift_count, "corrected": self.corrected, "needs_review": self.needs_review,
             "open": self.open, "total_abs_drift": str(self.total_abs_drift), "halted_reason": self.halted_reason,
-            "report_path": self.report_path, "error": self.error, "dry_run": self.dry_run,
+            "report_path": self.report_path, "error": self.error, "dry_run": self.dry_run, "busy": self.busy,
         }
+
+    @property
+    def busy(self) -> list[dict[str, Any]]:
+        """Customers whose correction was skipped because another session held their row lock (retried by the
+        next run): ``customer_id``, ``task_id``, ``lockers`` (pid, application_name, state), ``runs_in_a_row``."""
+        listed = self.details.get("busy")
+        return [dict(item) for item in listed] if isinstance(listed, list) else []
 
     @property
     def exit_code(self) -> int:

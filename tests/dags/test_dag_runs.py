@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 
 from reconciler.db import make_engine
 from reconciler.schema import runs, tasks
-from tests.factories import cached_balance, entry_count, ledger_sum, make_customer, post_entry, set_cached_balance
+from tests.factories import cached_balance, entry_count, ledger_sum, seed_thirty_customers
 from tests.fix_db import create_database, drop_database
 from tests.fix_http import Webhook
 
@@ -24,21 +24,10 @@ CUSTOMERS = 30
 PLANTED = {5: Decimal("12.34"), 17: Decimal("-5.00"), 29: Decimal("250.00")}
 
 
-def _seed(engine: Engine, *, plant: bool = True) -> None:
-    """Thirty customers with two entries each and an honest balance, then three planted drifts."""
-    for customer in range(1, CUSTOMERS + 1):
-        make_customer(engine, customer)
-        post_entry(engine, customer, Decimal(customer * 10) + Decimal("0.25"))
-        post_entry(engine, customer, Decimal("-3.10"))
-        set_cached_balance(engine, customer, ledger_sum(engine, customer))
-    for customer, drift in (PLANTED.items() if plant else ()):
-        set_cached_balance(engine, customer, ledger_sum(engine, customer) + drift)
-
-
 @pytest.fixture
 def ledger(engine: Engine, db_url: URL, monkeypatch: pytest.MonkeyPatch) -> Engine:
     """This test's seeded ledger, reachable from tasks through the Airflow connection ``ledger_db``."""
-    _seed(engine)
+    seed_thirty_customers(engine, PLANTED)
     monkeypatch.setenv("AIRFLOW_CONN_LEDGER_DB", db_url.set(drivername="postgresql")
                        .render_as_string(hide_password=False))
     return engine
@@ -178,7 +167,7 @@ def test_compare_reads_the_replica_connection_when_it_exists(dagbag: Any, ledger
     replica_url = create_database(server_url, template_url)
     replica = make_engine(replica_url)
     try:
-        _seed(replica, plant=False)  # the ledger as it was before the drift was planted
+        seed_thirty_customers(replica, PLANTED, plant=False)  # the ledger as it was before the drift was planted
         monkeypatch.setenv("AIRFLOW_CONN_LEDGER_DB_REPLICA", replica_url.set(drivername="postgresql")
                            .render_as_string(hide_password=False))
         dag_run = _run(dagbag, {"chunk_size": 10})

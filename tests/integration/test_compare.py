@@ -11,28 +11,16 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Engine, text
 
 from reconciler.chunks import Chunk, boundaries_from_ids, fetch_chunks, plan_chunks
 from reconciler.compare import Drift, compare_all, compare_chunk, drift_statement
 from reconciler.errors import InvalidAmountError, InvalidChunkSizeError, InvalidOperationError
-from reconciler.schema import customers, ledger_entries
-from tests.factories import make_customer, post_entry
+from tests.factories import load_ledger, make_customer, post_entry
 
 TOLERANCE = Decimal("0.01")
 _ranges = itertools.count(1)
 RANGE = 100_000
-
-
-def _load(engine: Engine, ledger: dict[int, tuple[Decimal, list[Decimal]]]) -> None:
-    """Insert customers {id: (balance, [entry amounts])} in two statements."""
-    with engine.begin() as conn:
-        if ledger:
-            conn.execute(insert(customers), [{"id": cid, "balance": bal} for cid, (bal, _) in ledger.items()])
-        entries = [{"customer_id": cid, "amount": a, "kind": "payment"} for cid, (_, amounts) in ledger.items()
-                   for a in amounts]
-        if entries:
-            conn.execute(insert(ledger_entries), entries)
 
 
 def _chunked(engine: Engine, chunk_size: int, tolerance: Decimal, **where: Any) -> list[Drift]:
@@ -63,7 +51,7 @@ def test_chunked_result_equals_one_unchunked_query(engine: Engine, ledger: dict[
     for offset, (drift_cents, amounts) in ledger.items():
         total = sum(amounts)
         rows[base + offset] = (Decimal(total + drift_cents).scaleb(-2), [Decimal(a).scaleb(-2) for a in amounts])
-    _load(engine, rows)
+    load_ledger(engine, rows)
     where: dict[str, Any] = {"from_id": base, "to_id": base + RANGE - 1}
     chunked = _chunked(engine, chunk_size, tolerance, **where)
     with engine.connect() as conn:

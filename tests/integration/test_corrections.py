@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from decimal import Decimal
 
 import pytest
 from sqlalchemy import Engine, text
 
-from reconciler import corrections, pipeline
+from reconciler import pipeline
 from reconciler.balances import BalanceManager
 from reconciler.corrections import Outcome, TaskRef, apply_correction
 from reconciler.pipeline import RunOptions
@@ -100,11 +99,9 @@ def test_a_drift_that_grew_beyond_the_limit_goes_to_review_instead(engine: Engin
     assert the_task(engine, 1).status == "needs_review"
 
 
-def test_a_locked_customer_defers_the_correction_and_the_run_still_finishes(
-        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A payment holding the row lock makes the correction time out (lock_timeout): the task stays open, the
-    other customer is corrected, the run succeeds, and the next run corrects the deferred one."""
-    monkeypatch.setattr(corrections, "DEFAULT_LOCK_TIMEOUT", dt.timedelta(milliseconds=200))
+def test_a_locked_customer_is_skipped_as_busy_and_the_run_still_finishes(engine: Engine) -> None:
+    """A payment holding the row lock makes the correction skip the customer at once (NOWAIT) as busy: the
+    task stays open, the other customer is corrected, the run succeeds, and the next run corrects it."""
     make_drifting_customer(engine, 1, drift="7.00")
     make_drifting_customer(engine, 2, drift="3.00")
     options = RunOptions(max_drift_ratio=NO_HALT)
@@ -114,12 +111,12 @@ def test_a_locked_customer_defers_the_correction_and_the_run_still_finishes(
         payment.execute(text("select balance from customers where id = 1 for update"))
         result = pipeline.apply_run_corrections(engine, run_id)
         payment.rollback()
-    assert (result["deferred"], result["corrected"]) == (1, 1)
+    assert (result["busy"], result["deferred"], result["corrected"]) == (1, 0, 1)
     summary = pipeline.finish_run(engine, run_id)
     assert summary.status == "succeeded" and summary.corrected == 1 and summary.open == 1 and summary.exit_code == 1
     task = the_task(engine, 1)
-    assert task.status == "open" and task.events[-1]["action"] == "defer"
-    assert "LockNotAvailable" in str(task.events[-1]["note"]) and "pending" not in task.resolution
+    assert task.status == "open" and task.events[-1]["action"] == "busy"
+    assert "locked by another session" in str(task.events[-1]["note"]) and "pending" not in task.resolution
     assert cached_balance(engine, 1) == Decimal("107.00")
     again = pipeline.run_reconciliation(engine, options)
     assert again.corrected == 1 and again.exit_code == 0

@@ -11,6 +11,7 @@ from sqlalchemy.exc import DBAPIError
 
 from reconciler import migrate
 from reconciler.db import make_engine
+from tests.factories import make_company_ledger
 
 HEAD = "0008"
 
@@ -71,24 +72,10 @@ def test_one_unresolved_task_per_customer_is_enforced(empty_engine: Engine) -> N
                           "values (1, 5, 0, 5, 'needs_review')"))
 
 
-def _make_company_ledger(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(text("""
-            create table customers (id bigint primary key, balance numeric(18,2) not null default 0,
-                                    email text not null);
-            create table customer_ledger_entries (id bigserial primary key,
-                customer_id bigint not null references customers, amount numeric(18,2) not null,
-                note text);
-            insert into customers values (1, 10.00, 'a@example.com'), (2, 7.50, 'b@example.com');
-            insert into customer_ledger_entries (customer_id, amount, note)
-                values (1, 10.00, 'opening'), (2, 5.00, 'opening');
-        """))
-
-
 def test_adoption_keeps_rows_and_extra_columns_then_downgrade_restores(empty_engine: Engine) -> None:
     """Existing tables are adopted (rows and extra columns kept, missing columns added) and a
     downgrade removes only what was added."""
-    _make_company_ledger(empty_engine)
+    make_company_ledger(empty_engine)
     migrate.upgrade(empty_engine)
     entry_columns = _columns(empty_engine, "customer_ledger_entries")
     assert {"note", "balance_after", "idempotency_key", "kind", "created_at"} <= entry_columns

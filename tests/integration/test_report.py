@@ -4,9 +4,7 @@ equal the summary's, and trends, aging and new/persisting/resolved follow a scri
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import json
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,109 +14,9 @@ from typer.testing import CliRunner
 
 from reconciler.errors import RunNotFoundError
 from reconciler.report import build_run_report
-from tests.factories import make_customer, post_entry
+from tests.factories import NOW, History, chained_customer, recorded_run, scripted_history
 
-NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 D = Decimal
-
-
-@dataclass(frozen=True)
-class History:
-    runs: tuple[int, int, int]
-    tasks: dict[str, int]
-
-
-def _ledger(engine: Engine, customer_id: int, amounts: list[str], drift: str = "0.00") -> None:
-    """A customer with a consistent chain of entries and a cached balance off by ``drift``."""
-    total = D("0.00")
-    entries = []
-    for amount in amounts:
-        total += D(amount)
-        entries.append((amount, total))
-    make_customer(engine, customer_id, total + D(drift))
-    for amount, after in entries:
-        post_entry(engine, customer_id, amount, balance_after=after)
-
-
-def _run(engine: Engine, started: dt.datetime, drift_count: int, total_abs: str, status: str = "succeeded") -> int:
-    with engine.begin() as conn:
-        return int(conn.execute(text("""
-            insert into reconciler.runs (status, trigger, params, started_at, finished_at, heartbeat_at,
-                                         customers_checked, drift_count, total_abs_drift)
-            values (:status, 'scheduled', '{"tolerance": "0.01", "policy": "ledger"}', :started,
-                    :started + interval '5 minutes', :started, 6, :n, :abs)
-            returning id"""), {"status": status, "started": started, "n": drift_count, "abs": D(total_abs)}
-        ).scalar_one())
-
-
-def _finding(engine: Engine, run_id: int, customer_id: int, stored: str, ledger: str, cause: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(text("""
-            insert into reconciler.findings (run_id, customer_id, chunk_index, stored_balance, ledger_sum, drift,
-                                             cause, evidence, found_at)
-            values (:r, :c, 0, :s, :l, :s - :l, :cause, jsonb_build_object('summary', 'why ' || :c), now())"""),
-            {"r": run_id, "c": customer_id, "s": D(stored), "l": D(ledger), "cause": cause})
-
-
-def _task(engine: Engine, run_id: int, customer_id: int, drift: str, status: str, opened: dt.datetime,
-          resolved: dt.datetime | None = None, policy: str | None = None, last_seen: int | None = None) -> int:
-    resolution = {"policy": policy} if policy else {}
-    with engine.begin() as conn:
-        return int(conn.execute(text("""
-            insert into reconciler.tasks (run_id, customer_id, stored_balance, ledger_sum, drift, status, opened_at,
-                                          updated_at, last_seen_run_id, resolved_at, resolution)
-            values (:r, :c, 0, 0, :d, :status, :opened, coalesce(:resolved, :opened), :seen, :resolved,
-                    cast(:res as jsonb))
-            returning id"""), {"r": run_id, "c": customer_id, "d": D(drift), "status": status, "opened": opened,
-                               "resolved": resolved, "seen": last_seen or run_id,
-                               "res": json.dumps(resolution)}).scalar_one())
-
-
-def scripted_history(engine: Engine) -> History:
-    """Three runs over six customers. Run 3 (the one reported) finds 3 (needs review since run 1), 5 (dismissed
-    in run 2, found again) and 6 (new); 2 and 4 drifted in run 2 and no longer do."""
-    _ledger(engine, 1, ["100.00", "-20.00"])
-    _ledger(engine, 2, ["50.00"])
-    _ledger(engine, 3, ["1000.00", "-0.50"], drift="100.50")
-    _ledger(engine, 4, ["10.00"])
-    _ledger(engine, 5, ["300.00"], drift="-250.00")
-    _ledger(engine, 6, ["1.23", "2.00"], drift="6.77")
-    day, hour = dt.timedelta(days=1), dt.timedelta(hours=1)
-    r1 = _run(engine, NOW - 10 * day, 3, "108.50")
-    _finding(engine, r1, 1, "85.00", "80.00", "balance_written_around_ledger")
-    _finding(engine, r1, 2, "47.00", "50.00", "missing_entry")
-    _finding(engine, r1, 3, "1100.00", "999.50", "duplicated_entry")
-    tasks = {
-        "t1": _task(engine, r1, 1, "5.00", "corrected", NOW - 10 * day, NOW - 10 * day + 2 * hour, "ledger"),
-        "t2": _task(engine, r1, 2, "-3.00", "open", NOW - 10 * day, last_seen=None),
-        "t3": _task(engine, r1, 3, "100.50", "needs_review", NOW - 10 * day),
-    }
-    r2 = _run(engine, NOW - 3 * day, 4, "353.52")
-    for customer, stored, ledger, cause in ((2, "47.00", "50.00", "missing_entry"),
-                                            (3, "1100.00", "999.50", "duplicated_entry"),
-                                            (4, "10.02", "10.00", "unknown"), (5, "50.00", "300.00", "unknown")):
-        _finding(engine, r2, customer, stored, ledger, cause)
-    with engine.begin() as conn:
-        conn.execute(text("update reconciler.tasks set last_seen_run_id = :r where id in (:a, :b)"),
-                     {"r": r2, "a": tasks["t2"], "b": tasks["t3"]})
-    tasks["t4"] = _task(engine, r2, 4, "0.02", "corrected", NOW - 3 * day, NOW - 3 * day + hour / 2, "balance")
-    tasks["t5"] = _task(engine, r2, 5, "-250.00", "dismissed", NOW - 3 * day, NOW - 2 * day)
-    r3 = _run(engine, NOW - 2 * hour, 3, "357.27")
-    _finding(engine, r3, 3, "1100.00", "999.50", "duplicated_entry")
-    _finding(engine, r3, 5, "50.00", "300.00", "unknown")
-    _finding(engine, r3, 6, "10.00", "3.23", "balance_written_around_ledger")
-    with engine.begin() as conn:
-        conn.execute(text("update reconciler.tasks set last_seen_run_id = :r where id = :t"),
-                     {"r": r3, "t": tasks["t3"]})
-    tasks["t5b"] = _task(engine, r3, 5, "-250.00", "open", NOW - 2 * hour)
-    tasks["t6"] = _task(engine, r3, 6, "6.77", "open", NOW - 2 * hour)
-    with engine.begin() as conn:
-        conn.execute(text("""
-            insert into reconciler.quality_results (run_id, suite, expectation, success, details)
-            values (:r, 'ledger_entries', 'entry_kind_known', true, '{"observed": 0, "severity": "critical"}'),
-                   (:r, 'balance_integrity', 'balance_matches_ledger', false,
-                    '{"observed": 3, "severity": "warning", "description": "drift still stands"}')"""), {"r": r3})
-    return History((r1, r2, r3), tasks)
 
 
 @pytest.fixture
@@ -209,7 +107,7 @@ def test_report_of_an_earlier_run_and_of_a_clean_run(engine: Engine, history: Hi
     assert lines["net_drift"] == D("102.50")
     assert lines["net_drift"] + lines["corrected_ledger"] == lines["remaining"] == D("97.50")
     assert summary["changes"]["previous_run_id"] is None and summary["changes"]["new"] == 3
-    clean = _run(engine, NOW, 0, "0.00")
+    clean = recorded_run(engine, NOW, 0, "0.00")
     folder = build_run_report(engine, clean, tmp_path / "clean", now=NOW)
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["drift_count"] == 0 and summary["total_abs_drift"] == "0.00"
@@ -247,7 +145,7 @@ def test_end_to_end_run_then_report(engine: Engine, tmp_path: Path) -> None:
     from tests.factories import set_cached_balance
 
     for customer in range(1, 11):
-        _ledger(engine, customer, ["100.00", "-25.00"])
+        chained_customer(engine, customer, ["100.00", "-25.00"])
     set_cached_balance(engine, 3, "80.00")     # +5.00: corrected automatically
     set_cached_balance(engine, 7, "500.00")    # +425.00: above the auto-correct limit, needs review
     summary = run_reconciliation(engine, RunOptions(max_drift_ratio=D("1")), report_dir=tmp_path / "report")

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from reconciler.quality import check_run_quality
 from reconciler.report import build_run_report
-from tests.integration.test_report import NOW, scripted_history
+from tests.factories import NOW, scripted_history
 
 BROWSER_TIMEOUT = 90  # seconds, per page
 

@@ -26,25 +26,13 @@ from reconciler.db import make_engine
 from reconciler.errors import RunFailedError, RunStateError
 from reconciler.pipeline import RunOptions, run_reconciliation
 from reconciler.pipeline import steps as pipeline_steps
+from tests.factories import seed_uniform_ledger
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_HALT = Decimal("1")
 
 
 pytestmark = pytest.mark.usefixtures("quick_quality_and_report")
-
-
-def seed(engine: Engine, customers: int, drifting: range) -> None:
-    """``customers`` customers with 3 entries each (balance == sum), then +1.50 on the ``drifting`` ones."""
-    with engine.begin() as conn:
-        conn.execute(text("insert into customers (id, balance) select g, 60.00 from generate_series(1, :n) g"),
-                     {"n": customers})
-        conn.execute(text("""insert into customer_ledger_entries (customer_id, amount, kind, balance_after)
-                             select g, 20.00, 'deposit', 20.00 * k
-                             from generate_series(1, :n) g, generate_series(1, 3) k order by g, k"""),
-                     {"n": customers})
-        conn.execute(text("update customers set balance = balance + 1.50 where id between :a and :b"),
-                     {"a": drifting.start, "b": drifting.stop - 1})
 
 
 def scalar(engine: Engine, sql: str, **params: object) -> Any:
@@ -67,7 +55,7 @@ def test_a_run_killed_mid_way_is_marked_failed_and_a_rerun_completes_without_dup
     """`reconciler run` in a subprocess is SIGKILLed after comparing some chunks (it is held on the findings
     table so the moment is certain); the next run marks it failed at once (its session lock is gone) and
     completes: one task per drifting customer, each corrected exactly once."""
-    seed(engine, 3000, range(2901, 2931))
+    seed_uniform_ledger(engine, 3000, range(2901, 2931))
     assert run_reconciliation(engine, RunOptions(dry_run=True, max_drift_ratio=NO_HALT)).open == 30
     holder = psycopg.connect(database_env.set(drivername="postgresql").render_as_string(hide_password=False))
     holder.execute("lock table reconciler.findings in share mode")  # chunks with drift cannot stage findings
@@ -114,7 +102,7 @@ def test_a_run_killed_mid_way_is_marked_failed_and_a_rerun_completes_without_dup
 def test_a_silent_step_by_step_run_is_failed_after_the_stale_threshold(engine: Engine) -> None:
     """A run without a session lock whose heartbeat is older than DEFAULT_STALE_AFTER is failed by the next
     start, with the reason; one with a fresh heartbeat is left running."""
-    seed(engine, 10, range(0))
+    seed_uniform_ledger(engine, 10, range(0))
     silent = pipeline.start_run(engine, RunOptions(), "scheduled")
     alive = pipeline.start_run(engine, RunOptions(), "scheduled")
     stale = runs.DEFAULT_STALE_AFTER.total_seconds() + 60
@@ -133,7 +121,7 @@ def test_a_silent_step_by_step_run_is_failed_after_the_stale_threshold(engine: E
 def test_a_live_run_holding_its_session_lock_is_never_failed(engine: Engine, db_url: URL) -> None:
     """A run whose process still holds its session lock stays running however old its heartbeat; once its
     session ends it is failed at the next start, without waiting for any timeout."""
-    seed(engine, 10, range(0))
+    seed_uniform_ledger(engine, 10, range(0))
     other = make_engine(db_url)
     holder = other.connect()
     with holder.begin():
@@ -155,7 +143,7 @@ def test_a_step_that_raises_marks_the_run_failed_and_the_rerun_recovers(engine: 
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """An error inside a step: RunFailedError naming the run, status failed with the reason, nothing corrected;
     the next run completes with one task per drifting customer."""
-    seed(engine, 50, range(10, 13))
+    seed_uniform_ledger(engine, 50, range(10, 13))
 
     def broken(conn: object, drifts: object) -> dict[int, object]:
         raise RuntimeError("explain exploded")
@@ -174,7 +162,7 @@ def test_a_step_that_raises_marks_the_run_failed_and_the_rerun_recovers(engine: 
 
 def test_an_interrupted_run_is_marked_failed(engine: Engine) -> None:
     """Ctrl-C during the comparison: the run is failed as interrupted and the interrupt goes on."""
-    seed(engine, 30, range(0))
+    seed_uniform_ledger(engine, 30, range(0))
 
     def interrupt(done: int, total: int, customers: int) -> None:
         if done == 2:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -40,6 +41,7 @@ class Outcome:
     halted_reason: str | None = None
     report_path: str | None = "/srv/reports/run-7"
     error: str | None = None
+    busy: list[dict[str, Any]] = field(default_factory=list)
 
 
 def test_clean_run_below_threshold_does_not_alert() -> None:
@@ -194,3 +196,25 @@ def test_bad_connection_uris_are_rejected_without_the_password(uri: str, match: 
     with pytest.raises(InvalidOperationError, match=match) as raised:
         database_url_from_uri(uri)
     assert "secret" not in str(raised.value)
+
+
+def _busy(customer_id: int, runs: int) -> dict[str, Any]:
+    return {"customer_id": customer_id, "task_id": 40 + customer_id, "runs_in_a_row": runs,
+            "lockers": [{"pid": 4242, "application_name": "billing-batch", "state": "idle in transaction"}]}
+
+
+def test_a_customer_busy_three_runs_in_a_row_alerts_and_names_the_locker() -> None:
+    """A clean run alerts once a customer was skipped as busy for BUSY_RUNS_CALLOUT runs in a row, naming who
+    holds the lock; two runs in a row do not alert yet."""
+    assert alert_for_summary(Outcome(busy=[_busy(8, 2)])) is None
+    alert = alert_for_summary(Outcome(busy=[_busy(8, 3), _busy(9, 1)]))
+    assert alert is not None and alert.kind == "busy"
+    assert "customer 8 for 3 runs, locked by pid 4242 (billing-batch)" in alert.text
+    assert "customer 9" not in alert.text
+
+
+def test_a_drift_alert_also_calls_out_long_busy_customers() -> None:
+    """A drift alert keeps its kind and carries the long-busy customers in its text."""
+    alert = alert_for_summary(Outcome(total_abs_drift=Decimal("5000.00"), busy=[_busy(8, 4)]))
+    assert alert is not None and alert.kind == "drift"
+    assert "customer 8 for 4 runs" in alert.text

@@ -197,3 +197,40 @@ def test_the_scans_recognise_every_way_of_writing() -> None:
     assert _sqlalchemy_writes(ast.parse("conn.execute(insert(ledger_entries))"), "ledger_entries")
     assert _sqlalchemy_writes(ast.parse("sa.delete(tasks)"), "tasks")
     assert not _sqlalchemy_writes(ast.parse("select(customers.c.id)"), "customers")
+
+
+# ---- the test suite's own shape ---------------------------------------------------------------------------
+
+TESTS = ROOT / "tests"
+#: Modules every test may import: the factories, the fixture plugins (``tests/fix_*.py``) and conftest modules.
+SHARED_TEST_MODULES = ("tests.factories", "tests.fix_")
+
+
+def _shared(name: str) -> bool:
+    return name.startswith(SHARED_TEST_MODULES) or name.split(".")[-1] == "conftest" or ".conftest." in name
+
+
+def test_no_test_module_imports_another() -> None:
+    """Test modules import only the shared factories and fixture modules, never each other."""
+    offenders = sorted(
+        f"{_rel(path)} imports {name}"
+        for path in TESTS.rglob("test_*.py")
+        for name in _imported_modules(path)
+        if name.startswith("tests.") and not _shared(name))
+    assert offenders == []
+
+
+def test_ledgers_are_seeded_only_by_the_factories() -> None:
+    """No test module has a helper of its own (a function that is not a test) writing customers or entries:
+    seeding lives in tests/factories.py."""
+    offenders = []
+    for path in TESTS.rglob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef) or node.name.startswith("test_"):
+                continue
+            source = ast.unparse(node)
+            if (_sql_writes(source, "customers") or _sql_writes(source, "customer_ledger_entries")
+                    or _sqlalchemy_writes(node, "customers") or _sqlalchemy_writes(node, "ledger_entries")):
+                offenders.append(f"{_rel(path)}: {node.name}")
+    assert offenders == []

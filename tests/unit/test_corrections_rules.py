@@ -99,3 +99,17 @@ def test_transient_failures_are_recognised() -> None:
     """Persistent serialization failures are transient; an ordinary error is not."""
     assert is_transient(TransientDatabaseError("x"))
     assert not is_transient(ValueError("x"))
+
+
+def test_busy_streak_counts_consecutive_runs_that_found_the_customer_locked() -> None:
+    """Trailing busy events of distinct runs count; other events of those runs do not break the streak; an
+    event of another run does."""
+    from reconciler.tasks import busy_streak
+
+    events = [{"action": "open", "run_id": 1}, {"action": "busy", "run_id": 1},
+              {"action": "update", "run_id": 2}, {"action": "busy", "run_id": 2}, {"action": "busy", "run_id": 3}]
+    assert busy_streak(events) == 3
+    assert busy_streak([*events, {"action": "defer", "run_id": 4}]) == 0
+    assert busy_streak([{"action": "open", "run_id": 5}, {"action": "defer", "run_id": 5},
+                        {"action": "busy", "run_id": 6}]) == 1
+    assert busy_streak([]) == 0

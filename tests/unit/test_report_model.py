@@ -200,3 +200,15 @@ def test_compared_tie_out_splits_the_difference_exactly_and_says_which_snapshot(
     assert "3 chunk(s)" in totals.describe_snapshot() and "10:12:" in totals.describe_snapshot()
     partial = ComparedTotals(3, 3, 2, 20, D("1.00"), D("1.00"), 0, D("0.00"))
     assert build_tie_out_compared(partial) == () and build_tie_out_compared(None) == ()
+
+
+def test_busy_customers_are_listed_longest_busy_first_and_called_out() -> None:
+    """The run's busy customers reach the model and summary.json, longest busy first, with the lock holder;
+    three runs in a row or more is called out."""
+    busy = [{"customer_id": 9, "task_id": 3, "runs_in_a_row": 1, "lockers": []},
+            {"customer_id": 8, "task_id": 2, "runs_in_a_row": 3,
+             "lockers": [{"pid": 77, "application_name": "billing", "state": "idle in transaction"}]}]
+    model = build_report_model(_input(run=_run(outcome={"busy": busy})))
+    assert [(b.customer_id, b.runs_in_a_row, b.called_out) for b in model.busy] == [(8, 3, True), (9, 1, False)]
+    assert model.busy[0].lockers == "pid 77 (billing)"
+    assert model.to_json()["busy"][1]["lockers"] == "a session that could not be identified"  # type: ignore[index]

@@ -7,14 +7,13 @@ by Great Expectations (whose ``UnexpectedRowsExpectation`` runs its query twice:
 Unlogged and short-lived: a check deletes its own rows when it is done.
 
 Revision ID: 0008
-Revises: 0005
 """
 
 from alembic import op
 from sqlalchemy import text
 
 revision = "0008"
-down_revision = "0004"
+down_revision = "0006"
 
 
 def upgrade() -> None:
