@@ -104,7 +104,8 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
             step = "starting"
             # GX's import and the suites that need not wait run in a child beside the comparison
             # (reconciler.quality_worker).
-            worker = QualityWorker.start(engine.url.render_as_string(hide_password=False), run_id)
+            worker = QualityWorker.start(engine.url.render_as_string(hide_password=False), run_id,
+                                         workers=options.workers)
             try:
                 step = "planning its chunks"
                 plan = plan_run(engine, run_id)
