@@ -258,7 +258,7 @@ def reads(url: URL, quick: bool) -> list[dict[str, object]]:
     calls = 2_000 if quick else 10_000
     with psycopg.connect(libpq(url), autocommit=True) as conn:  # steady state after the write runs
         conn.execute("vacuum analyze customer_ledger_entries")
-    engine = make_engine(url, pool_size=2)
+    engine = make_engine(url)  # make_engine defaults: the pool has room for each manager's kept connection
     cached = BalanceManager(engine, cache_ttl=3600)
     uncached = BalanceManager(engine)
     sum_sql = text("select coalesce(sum(amount), 0) from customer_ledger_entries where customer_id = :c")
