@@ -13,8 +13,9 @@ changes nothing the second time; findings are staged in `reconciler.findings` be
 → `send_alerts`.
 
 **Database**: the Airflow connection `ledger_db`, else `RECONCILER_DATABASE_URL`, else the embedded
-PostgreSQL under `.reconciler/`. When the connection `ledger_db_replica` exists, chunk comparisons read
-from it (corrections always re-verify on the primary).
+PostgreSQL under `.reconciler/`. When the connection `ledger_db_replica` (else `RECONCILER_READ_DATABASE_URL`)
+exists, every read-only step reads from it: comparisons, explanations, quality checks, the report (corrections
+always re-verify on the primary). Read-only steps run in READ ONLY transactions either way.
 
 **Alerts**: a halted or failed run, or drift found above `alert_drift_above`, goes to the task log and to
 the Airflow connection `reconciler_alerts` (webhook or SMTP) when it exists. A failing task marks the run
@@ -185,8 +186,8 @@ def ledger_reconciliation() -> None:
         """Run the data-quality expectations on the run's findings (also when there were no chunks)."""
         from reconciler import pipeline
 
-        with ledger_step() as engine:
-            return jsonable(pipeline.check_quality(engine, run))
+        with ledger_step() as engine, replica_engine() as replica:
+            return jsonable(pipeline.check_quality(engine, run, read_engine=replica))
 
     @task
     def open_tasks(run: int) -> dict[str, int]:
@@ -209,8 +210,8 @@ def ledger_reconciliation() -> None:
         """Write the finance report for the run; return where it is."""
         from reconciler import pipeline
 
-        with ledger_step() as engine:
-            return str(pipeline.build_report(engine, run))
+        with ledger_step() as engine, replica_engine() as replica:
+            return str(pipeline.build_report(engine, run, read_engine=replica))
 
     @task
     def finish_run(run: int) -> dict[str, Any]:

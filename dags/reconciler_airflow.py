@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 #: The Airflow connection for the ledger database (``AIRFLOW_CONN_LEDGER_DB`` or the metadata database).
 LEDGER_CONN_ID = "ledger_db"
-#: Optional read replica of the ledger: when this connection exists, chunk comparisons read from it.
+#: Optional read side of the ledger (a replica, or a login that may only SELECT): when this connection exists,
+#: every read-only step reads from it (``RECONCILER_READ_DATABASE_URL`` outside Airflow).
 REPLICA_CONN_ID = "ledger_db_replica"
 #: The Airflow pool that caps concurrent load on the ledger database (created by scripts/airflow-env.sh
 #: and by the compose init service with ``RECONCILER_POOL_SLOTS`` slots).
@@ -81,15 +82,19 @@ def ledger_url() -> URL | None:
 
 @contextmanager
 def replica_engine() -> Iterator[Engine | None]:
-    """An engine on the read replica (connection ``ledger_db_replica``) for comparisons, or None to read the
-    primary. Lag only delays findings: corrections re-verify on the primary under the row lock."""
-    url = connection_url(REPLICA_CONN_ID)
+    """An engine for the read-only steps (comparison, explanation, quality checks, report reads): the connection
+    ``ledger_db_replica``, else ``RECONCILER_READ_DATABASE_URL``, else None to read the primary. Every
+    transaction on it is READ ONLY. Lag only delays findings: corrections re-verify on the primary under the
+    row lock."""
+    from reconciler.config import configured_read_database_url
+
+    url: URL | str | None = connection_url(REPLICA_CONN_ID) or configured_read_database_url()
     if url is None:
         yield None
         return
-    from reconciler.db import make_engine
+    from reconciler.db import make_read_engine
 
-    engine = make_engine(url, pool_size=TASK_POOL_SIZE, max_overflow=TASK_POOL_SIZE)
+    engine = make_read_engine(url, pool_size=TASK_POOL_SIZE, max_overflow=TASK_POOL_SIZE)
     try:
         yield engine
     finally:

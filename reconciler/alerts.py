@@ -9,7 +9,9 @@ or a mail over SMTP) so any orchestrator can use it. Nothing here imports airflo
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import http.client
 import json
 import smtplib
 import ssl
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from email.message import EmailMessage
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sqlalchemy import Engine, func, select
 
@@ -241,12 +243,17 @@ def parse_drift_threshold(value: object) -> Decimal | None:
 class WebhookChannel:
     """POST the alert as JSON to ``url``."""
 
-    url: str
+    url: str = field(repr=False)  # a webhook URL is a credential (user:password@, a token in its path)
     timeout: float = DEFAULT_TIMEOUT
 
     def describe(self) -> str:
+        """Scheme, host and port only: never the path, query or user:password@ (they may hold secrets)."""
         parts = urlsplit(self.url)
-        return f"webhook {parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
+        try:
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            port = ":(invalid port)"
+        return f"webhook {parts.scheme}://{parts.hostname}{port}"
 
 
 @dataclass(frozen=True)
@@ -317,11 +324,22 @@ def channel_from_connection(conn_type: str, *, host: str | None, port: int | Non
 def post_webhook(channel: WebhookChannel, alert: Alert) -> int:
     """POST ``alert`` as JSON; return the HTTP status, or raise :class:`AlertDeliveryError` (non-2xx, no answer)."""
     body = json.dumps(alert.to_json(), sort_keys=True).encode()
-    request = urllib.request.Request(channel.url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": SOURCE})
+    headers = {"Content-Type": "application/json", "User-Agent": SOURCE}
+    url = channel.url
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        # user:password@ in the URL becomes a Basic Authorization header: urllib would put it in the host (and
+        # in its error message) instead.
+        credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
+        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     try:
+        request = urllib.request.Request(url, data=body, method="POST", headers=headers)
         with urllib.request.urlopen(request, timeout=channel.timeout) as response:
             return int(response.status)
+    except (ValueError, http.client.InvalidURL):  # a malformed URL: its text (maybe a secret) is never repeated
+        raise AlertDeliveryError(f"{channel.describe()} is not a valid webhook URL; the alert {alert.subject!r} was "
+                                 f"only logged; fix the connection reconciler_alerts") from None
     except urllib.error.HTTPError as exc:
         raise AlertDeliveryError(f"{channel.describe()} answered HTTP {exc.code} to the alert "
                                  f"{alert.subject!r}; check the webhook URL in connection reconciler_alerts") from None

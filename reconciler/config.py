@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 DATABASE_URL_ENV = "RECONCILER_DATABASE_URL"
+#: Where the read-only steps read (a replica, or the primary with a read-only login); unset: the primary.
+READ_DATABASE_URL_ENV = "RECONCILER_READ_DATABASE_URL"
 HOME_ENV = "RECONCILER_HOME"
 EMBEDDED_DATABASE = "ledger"
 
@@ -19,6 +21,12 @@ def home_dir() -> Path:
 def configured_database_url() -> str | None:
     """The database URL the user set, or None to use the embedded PostgreSQL."""
     url = os.environ.get(DATABASE_URL_ENV, "").strip()
+    return url or None
+
+
+def configured_read_database_url() -> str | None:
+    """The read-only database URL the user set (``RECONCILER_READ_DATABASE_URL``), or None to read the primary."""
+    url = os.environ.get(READ_DATABASE_URL_ENV, "").strip()
     return url or None
 
 

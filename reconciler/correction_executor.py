@@ -18,6 +18,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, Engine
 
 from reconciler import tasks
+from reconciler.audit import AuditEvent, append_audit
 from reconciler.correction_plan import Action, CorrectionPlan, Step, plan_corrections
 from reconciler.corrections import (
     CorrectionResult,
@@ -170,13 +171,18 @@ def resolve_task(engine: Engine, task_id: int, action: str, by: str, note: str,
             )
         if action == "dismiss":
             tasks.dismiss_by_hand(conn, task_id, by=by, note=note, drift=current.drift)
+        else:
+            pending = current.resolution.get("pending")
+            if isinstance(pending, Mapping) and pending.get("policy") in POLICIES:
+                policy = str(pending["policy"])  # a correction left in flight is completed as it was started
+            # The person's approval is on the chain (at this commit) before the core acts on it.
+            append_audit(conn, AuditEvent("approval", by, {
+                "task_id": task_id, "customer_id": current.customer_id, "action": "correct", "policy": policy,
+                "note": note, "status": current.status, "drift": str(current.drift)}))
     correction: CorrectionResult | None = None
     if action == "correct":
         from reconciler.balances import BalanceManager  # noqa: PLC0415  (written by the balance core)
 
-        pending = current.resolution.get("pending")
-        if isinstance(pending, Mapping) and pending.get("policy") in POLICIES:
-            policy = str(pending["policy"])  # a correction left in flight is completed as it was started
         with correction_engine(engine, pool_size=1) as safe_engine:
             manager = BalanceManager(safe_engine)
             correction = correct_task(engine, manager, TaskRef(task_id, current.customer_id, None), policy=policy,

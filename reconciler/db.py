@@ -11,15 +11,17 @@ import os
 import select
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
 
-from reconciler.config import EMBEDDED_DATABASE, configured_database_url, home_dir
+from reconciler.config import EMBEDDED_DATABASE, configured_database_url, configured_read_database_url, home_dir
 from reconciler.db_errors import first_line, lost_database
 from reconciler.embedded import ensure_database_at, pgdata_dir, prepare_runtime_dir, start_server
 from reconciler.errors import DatabaseLostError, DatabaseUnavailableError
@@ -99,6 +101,10 @@ def make_engine(url: str | URL | None = None, *, check: bool = True, **kwargs: A
     before any statement is sent on it, so that retry is always safe. ``pool_pre_ping=True`` restores the
     pre-ping (and turns the cheaper check off)."""
     target = normalise_url(url) if url is not None else database_url()
+    if target.drivername != "postgresql+psycopg":
+        raise DatabaseUnavailableError(
+            f"the ledger database URL {describe_url(target)} is not a PostgreSQL URL; set RECONCILER_DATABASE_URL "
+            f"(and RECONCILER_READ_DATABASE_URL) to postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
     options: dict[str, Any] = {"pool_pre_ping": False, "pool_size": DEFAULT_POOL_SIZE, "max_overflow": 10}
     options.update(kwargs)
     engine = create_engine(target, **options)
@@ -145,6 +151,53 @@ def _check_liveness(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     idle = time.monotonic() - record.info.get(_CHECKED_IN_AT, 0.0) if _CHECKED_IN_AT in record.info else 0.0
     if not connection_is_alive(dbapi_connection, idle):
         raise DisconnectionError("the pooled connection was found closed by the server before use")
+
+
+# ---- the read-only side -----------------------------------------------------------------------------------
+
+#: libpq startup option making every transaction of a session read only (for engines we do not build, GX's).
+READ_ONLY_OPTION = "-cdefault_transaction_read_only=on"  # no space: a URL would carry it as "+"
+
+
+def read_database_url() -> URL:
+    """Where read-only steps read: ``RECONCILER_READ_DATABASE_URL`` if set, else the primary (:func:`database_url`)."""
+    configured = configured_read_database_url()
+    return normalise_url(configured) if configured else database_url()
+
+
+def read_only_url(url: str | URL) -> URL:
+    """``url`` with :data:`READ_ONLY_OPTION` in its libpq ``options``: every transaction on it is read only."""
+    parsed = normalise_url(url)
+    existing = parsed.query.get("options")
+    current = " ".join(existing) if isinstance(existing, tuple) else (existing or "")
+    if READ_ONLY_OPTION in current:
+        return parsed
+    return parsed.update_query_dict({"options": f"{current} {READ_ONLY_OPTION}".strip()})
+
+
+def _begin_read_only(conn: Connection) -> None:
+    conn.exec_driver_sql("set transaction read only")
+
+
+def make_read_engine(url: str | URL | None = None, *, check: bool = True, **kwargs: Any) -> Engine:
+    """An engine for read-only steps on ``url`` (default :func:`read_database_url`): every transaction it begins
+    is ``SET TRANSACTION READ ONLY``, so a bug cannot write there even with a powerful login."""
+    target = normalise_url(url) if url is not None else read_database_url()
+    engine = make_engine(target, check=False, **kwargs)
+    event.listen(engine, "begin", _begin_read_only)
+    if check:
+        check_connection(engine)
+    return engine
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """One REPEATABLE READ, READ ONLY transaction on ``engine`` (one snapshot; it cannot write)."""
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            conn.exec_driver_sql("set transaction read only")
+            yield conn
 
 
 def check_connection(engine: Engine) -> None:

@@ -57,6 +57,11 @@ class TransientDatabaseError(ReconcilerError):
     """Raised when serialization failures or deadlocks persist after the bounded retries."""
 
 
+class ReadDatabaseLagError(TransientDatabaseError):
+    """Raised when the read database (``RECONCILER_READ_DATABASE_URL``, a replica) does not show a run as the
+    primary does within the wait; retrying later is safe."""
+
+
 class DatabaseUnavailableError(ReconcilerError):
     """Raised when the configured database cannot be reached; the message names it without its password."""
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from reconciler.audit import AuditEvent, append_audit
 from reconciler.balances import CORE_WRITER, WRITER_SETTING
 from reconciler.errors import InvalidOperationError, ReconcilerError
 from reconciler.tasks import BYPASS_TASK_UPSERT
@@ -395,11 +396,14 @@ def _server_version(conn: Connection) -> int:
     return int(conn.execute(text("show server_version_num")).scalar_one())
 
 
-def _changing(engine: Engine, body: str) -> None:
+def _changing(engine: Engine, body: str, change: dict[str, object]) -> None:
     try:
         with engine.begin() as conn:
             conn.execute(text(f"set local lock_timeout = '{INSTALL_LOCK_TIMEOUT}'"))
             conn.execute(text(body.replace(":", r"\:")))
+            # The mode change is on the audit chain, in the same transaction (who: the database login).
+            who = str(conn.execute(text("select session_user")).scalar_one())
+            append_audit(conn, AuditEvent("guard", who, change))
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) == "55P03":
             raise GuardBusyError(
@@ -415,7 +419,8 @@ def install(engine: Engine, mode: str, allow: Sequence[str] = ()) -> GuardStatus
     with engine.connect() as conn:
         tables = ledger_tables(conn)
         or_replace = _server_version(conn) >= 140000
-    _changing(engine, functions_sql(tables) + "\n" + triggers_sql(tables, mode, allow, or_replace=or_replace))
+    _changing(engine, functions_sql(tables) + "\n" + triggers_sql(tables, mode, allow, or_replace=or_replace),
+              {"mode": mode, "allow": list(allow)})
     return guard_status(engine)
 
 
@@ -426,7 +431,7 @@ def uninstall(engine: Engine) -> GuardStatus:
             tables: LedgerTables | None = ledger_tables(conn)
         except InvalidOperationError:
             tables = None
-    _changing(engine, uninstall_sql(tables))
+    _changing(engine, uninstall_sql(tables), {"mode": "off", "allow": []})
     return guard_status(engine)
 
 

@@ -51,6 +51,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, text
 from sqlalchemy.engine import URL
 
 from reconciler.config import reports_dir
+from reconciler.db import read_only_url, reading
 from reconciler.entry_kinds import EntryKinds, load_entry_kinds
 from reconciler.errors import InvalidOperationError, RunNotFoundError
 from reconciler.money import DEFAULT_TOLERANCE, to_tolerance
@@ -316,20 +317,26 @@ def default_out_dir(run_id: int) -> Path:
 
 
 def check_run_quality(engine: Engine, run_id: int, out_dir: Path | None = None, *,
-                      full: bool = False, ready: Callable[[], None] | None = None) -> QualitySummary:
+                      full: bool = False, read_engine: Engine | None = None,
+                      ready: Callable[[], None] | None = None) -> QualitySummary:
     """Run every suite for ``run_id`` through GX (ephemeral context), build Data Docs into
     ``<out_dir>/data_docs`` (default: the run's report folder) and store one result row per expectation.
-    ``full`` makes the incremental checks read the whole ledger history (slow on a large ledger).
+    ``full`` makes the incremental checks read the whole ledger history (slow on a large ledger). The suites
+    read on ``read_engine`` (default ``engine``), in read-only sessions; only the results are written, on
+    ``engine``. Without a separate ``read_engine``, each expectation's SQL runs once
+    (:func:`stage_unexpected_rows`); with one, GX runs it on the read side itself (count, then rows).
 
     ``ready`` (a blocking call) splits the check in two: the suites that do not read the run's own results
     (no ``$run_id`` in their SQL: see :func:`waits_for_run`) are validated first, then ``ready()`` waits (e.g.
     for the comparison to finish), then the others; everything is stored together at the end, once."""
     started = time.monotonic()
     specs = load_suites()
-    with engine.connect() as conn:
+    reader = read_engine or engine
+    with reading(reader) as conn:
         values = read_run_values(conn, run_id, full=full)
     docs_dir = (out_dir or default_out_dir(run_id)) / DATA_DOCS_DIR
-    outcomes = run_suites(gx_connection_string(engine.url), specs, values, docs_dir, engine=engine, ready=ready)
+    outcomes = run_suites(gx_connection_string(read_only_url(reader.url)), specs, values, docs_dir,
+                          engine=engine if read_engine is None else None, ready=ready)
     with engine.begin() as conn:
         store_outcomes(conn, run_id, outcomes, docs_dir, values.checked_at)
     failed = [o for o in outcomes if not o.success]

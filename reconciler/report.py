@@ -22,12 +22,14 @@ from sqlalchemy import Connection, Engine, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import BigInteger
 
+from reconciler.audit import read_head
 from reconciler.config import reports_dir
 from reconciler.errors import RunNotFoundError
 from reconciler.money import ZERO, format_money
 from reconciler.report_model import (
     DEFAULT_TOP_DRIFTS,
     DEFAULT_TREND_RUNS,
+    AuditAnchor,
     BookTotals,
     CauseGroup,
     ChangeCounts,
@@ -282,7 +284,7 @@ def fetch_report_input(conn: Connection, run_id: int, now: dt.datetime, *, top: 
         causes=fetch_causes(conn, run_id), unresolved=fetch_unresolved(conn, run), changes=fetch_changes(conn, run),
         history=fetch_history(conn, run_id, trend_runs), quality=fetch_quality(conn, run_id), now=now,
         book=fetch_book(conn, run) if book_now else None, compared=fetch_compared(conn, run),
-        data_docs_href=data_docs_href, writers=fetch_writers(conn, run_id))
+        data_docs_href=data_docs_href, writers=fetch_writers(conn, run_id), audit_head=fetch_audit_head(conn))
 
 
 def fetch_writers(conn: Connection, run_id: int) -> WritersFacts:
@@ -296,6 +298,12 @@ def fetch_writers(conn: Connection, run_id: int) -> WritersFacts:
         WriterLine(w.application_name, w.role, w.fingerprint, w.writes, w.customers, w.net_amount, w.abs_amount,
                    w.broke_ledger, w.first_seen, w.last_seen, w.example_statement)
         for w in census(conn, window)))
+
+
+def fetch_audit_head(conn: Connection) -> AuditAnchor:
+    """The audit chain's head in the report's snapshot."""
+    head = read_head(conn)
+    return AuditAnchor(head.length, head.hash)
 
 
 def write_tasks_csv(conn: Connection, run_id: int, path: Path) -> None:

@@ -226,6 +226,15 @@ class WritersFacts:
 
 
 @dataclass(frozen=True)
+class AuditAnchor:
+    """The audit chain's head when the report was read (``reconciler audit verify`` prints the same pair), so
+    two copies of a report can be compared with the database later."""
+
+    length: int
+    hash: str
+
+
+@dataclass(frozen=True)
 class ReportInput:
     run: RunFacts
     outcomes: tuple[OutcomeGroup, ...]
@@ -240,6 +249,7 @@ class ReportInput:
     data_docs_href: str | None = None
     compared: ComparedTotals | None = None
     writers: WritersFacts | None = None
+    audit_head: AuditAnchor | None = None
 
 
 # ---- outputs: what the page, the CSV check and summary.json show --------------------------------------------
@@ -364,6 +374,7 @@ class ReportModel:
     compared_snapshot: str | None = None
     writers: WritersView | None = None
     busy: tuple[BusyLine, ...] = ()
+    audit_head: AuditAnchor | None = None
 
     def to_json(self) -> dict[str, object]:
         """summary.json: decimals as strings, times ISO 8601."""
@@ -410,6 +421,8 @@ class ReportModel:
                             for w in self.writers.lines]},
             "busy": [{"customer_id": b.customer_id, "task_id": b.task_id, "lockers": b.lockers,
                       "runs_in_a_row": b.runs_in_a_row, "called_out": b.called_out} for b in self.busy],
+            "audit_head": ({"length": self.audit_head.length, "hash": self.audit_head.hash}
+                           if self.audit_head else None),
         }
 
 
@@ -675,4 +688,5 @@ def build_report_model(inp: ReportInput) -> ReportModel:
         now=inp.now,
         writers=build_writers(inp.writers),
         busy=build_busy(inp.run),
+        audit_head=inp.audit_head,
     )

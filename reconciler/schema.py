@@ -17,6 +17,7 @@ from sqlalchemy import (
     Numeric,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
@@ -247,5 +248,46 @@ adoption = Table(
     Column("created", Boolean, nullable=False),
     Column("added_columns", ARRAY(Text), nullable=False),
     Column("adopted_at", DateTime(timezone=True), nullable=False),
+    schema=SCHEMA,
+)
+
+#: The hash-chained audit trail (migration 0007): appended only by the database (``reconciler.append_audit``
+#: queues, a deferred trigger chains at commit; :mod:`reconciler.audit`), never updated or deleted.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("prev_hash", Text, nullable=False),
+    Column("hash", Text, nullable=False),
+    UniqueConstraint("hash", name="ux_audit_log_hash"),
+    UniqueConstraint("prev_hash", name="ux_audit_log_prev_hash"),
+    schema=SCHEMA,
+)
+
+#: The chain's end (one row): the lock every append takes at commit, and the length and hash verify expects.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Boolean, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", Text, nullable=False),
+    Column("moved_at", DateTime(timezone=True), nullable=False),
+    schema=SCHEMA,
+)
+
+#: Events queued by a transaction until its commit chains them (unlogged; never holds a committed row).
+audit_queue = Table(
+    "audit_queue",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("txid", BigInteger, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("data", JSONB, nullable=False),
+    Index("ix_audit_queue_txid", "txid", "id"),
     schema=SCHEMA,
 )

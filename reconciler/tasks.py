@@ -9,7 +9,8 @@ Invariants: a rerun updates the customer's unresolved task, never opens a second
 partial unique index ``ux_tasks_one_unresolved_per_customer`` backs this up); the lifecycle is
 ``open -> needs_review -> corrected | dismissed`` (``open`` may go straight to ``corrected`` or
 ``dismissed``); a resolved task never changes again; every transition appends an event
-``{at, by, action, from, to, note, run_id, values}`` to ``resolution.events``.
+``{at, by, action, from, to, note, run_id, values}`` to ``resolution.events`` and, in the same statement,
+one ``task`` row to the hash-chained ``reconciler.audit_log`` (:mod:`reconciler.audit`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sqlalchemy import Connection, RowMapping, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.types import BigInteger
 
+from reconciler.audit import task_events_sql
 from reconciler.errors import InvalidOperationError, TaskNotFoundError
 from reconciler.money import format_money
 from reconciler.schema import TASK_STATUSES, UNRESOLVED_STATUSES, tasks
@@ -49,6 +51,20 @@ def _event(*, res: str = "t.resolution", by: str = ":by", action: str = ":action
     base = f"({res} - 'pending')" if clear_pending else res
     return _APPEND_EVENT.format(base=base, res=res, by=by, action=action, frm=frm, to=to, note=note, run=run,
                                 values=values)
+
+
+def _audited(write: str = "", *, ctes: str = "", extra: str = "", audit_rows: str = "changed c") -> str:
+    """``write`` (an INSERT or UPDATE of ``reconciler.tasks`` aliased ``t``, without RETURNING) as one statement
+    that also appends one audit row per task it changed (the event it just added), after the task writes;
+    it returns the changed rows (``id``, ``customer_id``, ``audit_event`` and ``extra``)."""
+    assert write, "a task statement needs its write"
+    prefix = f"{ctes},\n" if ctes else ""
+    return f"""with {prefix}changed as (
+{write}
+returning t.id, t.customer_id, t.resolution -> 'events' -> -1 as audit_event{extra}
+),
+audited as ({task_events_sql(audit_rows)})
+select changed.* from changed cross join audited"""
 
 
 @dataclass(frozen=True)
@@ -99,7 +115,7 @@ def _view(row: RowMapping) -> TaskView:
 
 # ---- opening and refreshing from a run's staged findings -------------------------------------------------
 
-_UPSERT_FROM_FINDINGS = text(f"""
+_UPSERT_FROM_FINDINGS = text(_audited(f"""
 insert into reconciler.tasks as t (run_id, customer_id, stored_balance, ledger_sum, drift, status, source,
                                    cause, evidence, opened_at, updated_at, last_seen_run_id, resolution)
 select f.run_id, f.customer_id, f.stored_balance, f.ledger_sum, f.drift, 'open', 'run', f.cause, f.evidence,
@@ -122,9 +138,13 @@ on conflict (customer_id) where status in ('open', 'needs_review') do update set
                      values="jsonb_build_object('old_drift', t.drift::text, 'drift', excluded.drift::text, "
                             "'stored_balance', excluded.stored_balance::text, "
                             "'ledger_sum', excluded.ledger_sum::text)", clear_pending=False)}
-        else t.resolution end
-returning (xmax = 0) as inserted
-""")
+        else t.resolution end""",
+    # ``prior`` reads the same snapshot as the upsert: the drift before it, so only a changed drift is audited.
+    ctes="""prior as (select p.id, p.drift from reconciler.tasks p
+                where p.status in ('open', 'needs_review') and p.customer_id between :first and :last)""",
+    extra=", (xmax = 0) as inserted, t.drift",
+    audit_rows="""(select c.* from changed c left join prior p on p.id = c.id
+                   where c.inserted or p.drift is distinct from c.drift) c"""))
 
 
 def open_tasks_from_findings(conn: Connection, run_id: int, first_id: int, last_id: int) -> tuple[int, int]:
@@ -149,7 +169,8 @@ MAX_TASK_EVENTS = 100
 #: evidence and an ``open`` event, or update its unresolved one with an ``update`` event (the same
 #: one-unresolved-task rule). It reads the check's variables: ``new`` (the ``bypass_writes`` row), ``stored``
 #: (the balance), ``total`` (the ledger sum), ``ledger`` (the sum, or the chain's last balance_after when only the
-#: chain broke), ``probable`` (the cause), ``writer`` (jsonb), ``story`` (text) and ``ids`` (bigint[]).
+#: chain broke), ``probable`` (the cause), ``writer`` (jsonb), ``story`` (text) and ``ids`` (bigint[]). Its event is
+#: also appended to the audit chain, like every other transition's.
 BYPASS_TASK_UPSERT = f"""
 insert into reconciler.tasks as t
     (customer_id, stored_balance, ledger_sum, drift, status, source, cause, evidence, resolution)
@@ -183,11 +204,20 @@ on conflict (customer_id) where status in ('open', 'needs_review') do update set
             'values', jsonb_build_object('old_drift', t.drift::text, 'drift', excluded.drift::text,
                                          'stored_balance', excluded.stored_balance::text,
                                          'ledger_sum', excluded.ledger_sum::text,
-                                         'bypass_write_ids', to_jsonb(ids))))) end;"""
+                                         'bypass_write_ids', to_jsonb(ids))))) end;
+-- Its audit row (reconciler.audit), when the statement above added an event now (not when a hot writer's task is
+-- at MAX_TASK_EVENTS and was left as it was).
+perform reconciler.append_audit(jsonb_build_array(jsonb_build_object(
+    'kind', 'task', 'actor', 'reconciler guard',
+    'data', jsonb_build_object('task_id', a.id, 'customer_id', a.customer_id,
+                               'event', a.resolution -> 'events' -> -1))))
+from reconciler.tasks a
+where a.customer_id = new.customer_id and a.status in ('open', 'needs_review')
+  and a.resolution -> 'events' -> -1 ->> 'by' = 'reconciler guard'
+  and (a.resolution -> 'events' -> -1 ->> 'at')::timestamptz = now();"""
 
 
-_DISMISS_VANISHED = text(f"""
-with current as (
+_DISMISS_VANISHED = text(_audited(ctes="""current as (
     select t.id, c.balance,
            (select coalesce(sum(e.amount), 0) from customer_ledger_entries e where e.customer_id = t.customer_id)
                as total
@@ -198,7 +228,7 @@ with current as (
       and t.resolution -> 'pending' is null
       and t.updated_at < :compared_at
       and not exists (select 1 from reconciler.findings f where f.run_id = :run and f.customer_id = t.customer_id)
-)
+)""", write=f"""
 update reconciler.tasks t set
     status = 'dismissed', resolved_at = now(), updated_at = now(), last_seen_run_id = :run,
     resolution = {_event(by=":by", action="'dismiss'", to="'dismissed'", note=":note",
@@ -207,9 +237,8 @@ update reconciler.tasks t set
         || jsonb_build_object('action', 'dismiss', 'by', cast(:by as text), 'note', cast(:note as text), 'at', now(),
                               'run_id', cast(:run as bigint))
 from current cur
-where t.id = cur.id and t.status in ('open', 'needs_review') and abs(cur.balance - cur.total) <= :tolerance
-returning t.id
-""").bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
+where t.id = cur.id and t.status in ('open', 'needs_review') and abs(cur.balance - cur.total) <= :tolerance"""
+)).bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
 
 
 def dismiss_vanished(conn: Connection, run_id: int, first_id: int, last_id: int, *, compared_at: dt.datetime,
@@ -301,15 +330,14 @@ def correction_candidates(conn: Connection, run_id: int, *, after_id: int, limit
 
 # ---- transitions ----------------------------------------------------------------------------------------
 
-_TRANSITION = text(f"""
+_TRANSITION = text(_audited(f"""
 update reconciler.tasks t set
     status = :to, updated_at = now(),
     resolved_at = case when cast(:to as text) in ('corrected', 'dismissed') then now() else null end,
     correction_entry_id = coalesce(cast(:entry_id as bigint), t.correction_entry_id),
     resolution = {_event()} || cast(:summary as jsonb)
-where t.id = :task and t.status = any(cast(:allowed as text[]))
-returning t.id
-""").bindparams(bindparam("values", type_=JSONB), bindparam("summary", type_=JSONB))
+where t.id = :task and t.status = any(cast(:allowed as text[]))""")).bindparams(
+    bindparam("values", type_=JSONB), bindparam("summary", type_=JSONB))
 
 
 def transition(conn: Connection, task_id: int, *, to: str, action: str, by: str, note: str | None,
@@ -326,10 +354,9 @@ def transition(conn: Connection, task_id: int, *, to: str, action: str, by: str,
     }).first() is not None
 
 
-_EVENT_ONLY = text(f"""
+_EVENT_ONLY = text(_audited(f"""
 update reconciler.tasks t set updated_at = now(), resolution = {_event(to="t.status")}
-where t.id = :task returning t.id
-""").bindparams(bindparam("values", type_=JSONB))
+where t.id = :task""")).bindparams(bindparam("values", type_=JSONB))
 
 
 def note_event(conn: Connection, task_id: int, *, action: str, by: str, note: str | None,
@@ -376,8 +403,7 @@ def mark_many_pending(conn: Connection, items: Sequence[tuple[int, str]], *, by:
     return {int(row.id) for row in rows}
 
 
-_TRANSITION_MANY = text(str(_TRANSITION.text).replace("returning t.id", "")).bindparams(
-    bindparam("values", type_=JSONB), bindparam("summary", type_=JSONB))
+_TRANSITION_MANY = _TRANSITION
 
 
 def mark_many_needs_review(conn: Connection, reviews: Sequence[tuple[int, Decimal, str]], *, by: str,
@@ -429,14 +455,13 @@ def dismiss_by_hand(conn: Connection, task_id: int, *, by: str, note: str, drift
                       summary={"action": "dismiss", "by": by, "note": note, "drift": str(drift)})
 
 
-_DISMISS_IF_CLEAN = text(f"""
-with cur as (
+_DISMISS_IF_CLEAN = text(_audited(ctes="""cur as (
     select t.id, c.balance,
            (select coalesce(sum(e.amount), 0) from customer_ledger_entries e where e.customer_id = t.customer_id)
                as total
     from reconciler.tasks t join customers c on c.id = t.customer_id
     where t.id = :task and t.status in ('open', 'needs_review')
-)
+)""", write=f"""
 update reconciler.tasks t set
     status = 'dismissed', resolved_at = now(), updated_at = now(),
     resolution = {_event(by=":by", action="'dismiss'", to="'dismissed'", note=":note",
@@ -445,9 +470,7 @@ update reconciler.tasks t set
         || jsonb_build_object('action', 'dismiss', 'by', cast(:by as text), 'note', cast(:note as text), 'at', now(),
                               'run_id', cast(:run as bigint), 'reason', cast(:note as text))
 from cur
-where t.id = cur.id and abs(cur.balance - cur.total) <= :tolerance
-returning t.id
-""")
+where t.id = cur.id and abs(cur.balance - cur.total) <= :tolerance"""))
 
 
 def dismiss_if_clean(conn: Connection, task_id: int, *, tolerance: Decimal, by: str, note: str,
@@ -460,7 +483,7 @@ def dismiss_if_clean(conn: Connection, task_id: int, *, tolerance: Decimal, by: 
 
 # ---- the balance core's realtime check ------------------------------------------------------------------
 
-_OPEN_REALTIME_TASK = text("""
+_OPEN_REALTIME_TASK = text(_audited("""
 insert into reconciler.tasks as t (customer_id, stored_balance, ledger_sum, drift, status, source, cause, evidence,
                                    resolution)
 values (cast(:customer_id as bigint), cast(:stored_balance as numeric), cast(:ledger_sum as numeric),
@@ -471,9 +494,7 @@ values (cast(:customer_id as bigint), cast(:stored_balance as numeric), cast(:le
                 'stored_balance', cast(:stored_balance as numeric)::text,
                 'ledger_sum', cast(:ledger_sum as numeric)::text,
                 'drift', cast(:drift as numeric)::text, 'cause', cast(:cause as text))))))
-on conflict (customer_id) where status in ('open', 'needs_review') do nothing
-returning id
-""")
+on conflict (customer_id) where status in ('open', 'needs_review') do nothing"""))
 
 #: Who opens a realtime task, as its opening event says.
 REALTIME_OPENED_BY = "balance core (realtime check)"

@@ -14,5 +14,6 @@ _XDG.chmod(0o700)
 os.environ["XDG_RUNTIME_DIR"] = str(_XDG)
 os.environ["RECONCILER_HOME"] = str(_RUN_DIR / "home")
 os.environ.pop("RECONCILER_DATABASE_URL", None)
+os.environ.pop("RECONCILER_READ_DATABASE_URL", None)
 
-pytest_plugins = ["tests.fix_db", "tests.fix_steps", "tests.fix_http"]
+pytest_plugins = ["tests.fix_db", "tests.fix_steps", "tests.fix_http", "tests.fix_roles"]

@@ -12,6 +12,7 @@ their shared retry/transaction helpers must be read together to see that each ch
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
 import threading
@@ -93,6 +94,8 @@ from .values import (
 )
 
 log = logging.getLogger("reconciler.balances")
+#: Who a correction's audit row names when the caller's ``audit`` gives no ``by``.
+CORRECTED_BY = "balance core"
 
 T = TypeVar("T")
 _CURSOR_INFO_KEY = "reconciler.balances.cursor"
@@ -360,11 +363,13 @@ class BalanceManager:
         key = check_key(idempotency_key)
         reference = check_reference(reference)
         audit_json = _json(dict(audit or {}))
+        actor = str((audit or {}).get("by") or CORRECTED_BY)
 
         def attempt() -> Reconciliation:
             try:
                 with self._transaction() as conn:
-                    return self._settle(conn, customer_id, policy, tolerance, key, reference, audit_json, nowait)
+                    return self._settle(conn, customer_id, policy, tolerance, key, reference, audit_json, actor,
+                                        nowait)
             except DBAPIError as exc:
                 if nowait and is_lock_not_available(exc):
                     raise self._busy(customer_id) from exc
@@ -443,7 +448,7 @@ class BalanceManager:
         return Transfer(from_id, to_id, money, changes[from_id], changes[to_id], key, False)
 
     def _settle(self, conn: Connection, customer_id: int, policy: str, tolerance: Decimal, key: str | None,
-                reference: str | None, audit_json: str, nowait: bool = False) -> Reconciliation:
+                reference: str | None, audit_json: str, actor: str, nowait: bool = False) -> Reconciliation:
         lock = _LOCK_FOR_RECONCILIATION_NOWAIT if nowait else _LOCK_FOR_RECONCILIATION
         locked = conn.execute(lock, {"customer_id": customer_id, "idempotency_key": key}).one_or_none()
         if locked is None:
@@ -460,7 +465,12 @@ class BalanceManager:
             "stored_before": stored, "ledger_sum": ledger_sum, "drift": plan.drift,
             "balance_after": plan.balance_after, "set_balance": plan.changed and policy == "ledger",
             "adjustment": plan.adjustment, "kind": ADJUSTMENT_KIND, "last_entry_id": totals.last_entry_id,
-            "changed": plan.changed, "audit": audit_json,
+            "changed": plan.changed, "audit": audit_json, "actor": actor,
+            # The audit row of the correction (old and new values, policy, who; the database adds when).
+            "audit_event": json.dumps({
+                "customer_id": customer_id, "policy": policy, "old_balance": str(stored),
+                "new_balance": str(plan.balance_after), "ledger_sum": str(ledger_sum), "drift": str(plan.drift),
+                "idempotency_key": key, "reference": reference, "audit": json.loads(audit_json)}),
         }).one()
         if plan.changed:
             log.info("reconciled customer %s (policy %s): balance %s -> %s, drift was %s",

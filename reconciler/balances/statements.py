@@ -219,8 +219,18 @@ logged AS (
            CAST(:audit AS jsonb)
     FROM (SELECT (SELECT id FROM adjustment) AS adjustment_id) AS made
     RETURNING id, entry_id
+),
+-- A correction that changed something is one audit event, queued here and chained at commit
+-- (reconciler.audit): in this statement, so it costs no extra round trip.
+audited AS (
+    SELECT reconciler.append_audit(jsonb_build_array(jsonb_build_object(
+        'kind', 'correction', 'actor', CAST(:actor AS text),
+        'data', CAST(:audit_event AS jsonb)
+                || jsonb_build_object('reconciliation_id', logged.id, 'entry_id', logged.entry_id)))) AS queued
+    FROM logged
+    WHERE CAST(:changed AS boolean)
 )
-SELECT logged.id AS reconciliation_id, logged.entry_id FROM logged
+SELECT logged.id AS reconciliation_id, logged.entry_id, (SELECT count(*) FROM audited) AS audited FROM logged
 """)
 
 _LOAD_RECONCILIATION = text("""

@@ -13,7 +13,7 @@ from reconciler.errors import DatabaseUnavailableError, ReconcilerError, RunFail
 
 # Command modules register themselves on import; each area owns its own module.
 for _module in ("demo_commands", "check_commands", "run_commands", "tasks_commands",
-                "quality_commands", "report_commands", "guard_commands"):
+                "quality_commands", "report_commands", "guard_commands", "audit_commands"):
     try:
         __import__(f"reconciler.cli.{_module}")
     except ModuleNotFoundError as _missing:

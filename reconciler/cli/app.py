@@ -24,9 +24,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, **_PLAIN,
 db_app = typer.Typer(no_args_is_help=True, **_PLAIN, help="The ledger database: migrations, embedded server.")
 demo_app = typer.Typer(no_args_is_help=True, **_PLAIN, help="Demo data with planted drift.")
 tasks_app = typer.Typer(no_args_is_help=True, **_PLAIN, help="Reconciliation tasks: list and resolve.")
+audit_app = typer.Typer(no_args_is_help=True, **_PLAIN, help="The hash-chained audit trail: verify it.")
 app.add_typer(db_app, name="db")
 app.add_typer(demo_app, name="demo")
 app.add_typer(tasks_app, name="tasks")
+app.add_typer(audit_app, name="audit")
 
 
 class ExitCode(IntEnum):
@@ -93,3 +95,13 @@ def open_engine() -> Engine:
     from reconciler.db import make_engine  # noqa: PLC0415
 
     return make_engine()
+
+
+def open_read_engine() -> Engine | None:
+    """The engine for read-only steps when ``RECONCILER_READ_DATABASE_URL`` is set (every transaction READ ONLY),
+    else None: those steps then read the primary, in READ ONLY transactions too."""
+    from reconciler.config import configured_read_database_url  # noqa: PLC0415
+    from reconciler.db import make_read_engine  # noqa: PLC0415
+
+    configured = configured_read_database_url()
+    return make_read_engine(configured) if configured else None

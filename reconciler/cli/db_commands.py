@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from reconciler.cli.app import db_app, open_engine
+from reconciler.cli.app import ExitCode, db_app, emit_json, fail, open_engine
+from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 
 @db_app.command("upgrade")
@@ -34,6 +37,40 @@ def harden() -> None:
 
     migrate.harden(open_engine())
     typer.echo("customer_ledger_entries is now append-only")
+
+
+@db_app.command("roles")
+def roles(json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+    """Create or update the NOLOGIN roles reconciler_reader, reconciler_core and reconciler_operator with exactly
+    their privileges (safe to run again; run it again after `db upgrade`). Grant them to your own logins."""
+    from reconciler import roles as role_store  # noqa: PLC0415
+
+    try:
+        engine = open_engine()
+    except DatabaseUnavailableError as exc:
+        fail(str(exc), ExitCode.FAILED)
+    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415
+
+    try:
+        result = role_store.apply_roles(engine)
+    except ReconcilerError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        fail("creating roles and granting on the ledger needs a login with CREATEROLE that owns the ledger and "
+             "reconciler tables (the one that ran `db upgrade`); nothing was changed", ExitCode.USAGE)
+    finally:
+        engine.dispose()
+    if json_output:
+        emit_json(result.to_json())
+        return
+    for role in role_store.ROLES:
+        typer.echo(f"{role} ({'created' if role in result.created else 'exists'}, NOLOGIN):")
+        for grant in result.grants:
+            if grant.role == role:
+                typer.echo(f"  {grant.sql()}")
+    typer.echo(f"grant them to your logins, e.g. GRANT {role_store.READER} TO analyst;")
 
 
 @db_app.command("url")

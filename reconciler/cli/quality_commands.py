@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.cli.app import ExitCode, app, emit_json, exits_when_database_lost, fail, open_engine, run_or_latest
+from reconciler.cli.app import (
+    ExitCode,
+    app,
+    emit_json,
+    exits_when_database_lost,
+    fail,
+    open_engine,
+    open_read_engine,
+    run_or_latest,
+)
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 if TYPE_CHECKING:
@@ -32,18 +41,21 @@ def quality(
 
     try:
         engine = open_engine()
+        read_engine = open_read_engine()
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     try:
         with exits_when_database_lost(engine, "checking data quality"):
             run = run_or_latest(engine, run, "check")
-            summary = check_run_quality(engine, run, out, full=full)
+            summary = check_run_quality(engine, run, out, full=full, read_engine=read_engine)
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     except ReconcilerError as exc:
         fail(str(exc), ExitCode.USAGE)
     finally:
         engine.dispose()
+        if read_engine is not None:
+            read_engine.dispose()
     if json_output:
         emit_json(summary_json(run, summary))
     else:

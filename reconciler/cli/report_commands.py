@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from reconciler.cli.app import ExitCode, app, exits_when_database_lost, fail, open_engine, run_or_latest
+from reconciler.cli.app import (
+    ExitCode,
+    app,
+    exits_when_database_lost,
+    fail,
+    open_engine,
+    open_read_engine,
+    run_or_latest,
+)
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 
@@ -24,16 +32,19 @@ def report(
 
     try:
         engine = open_engine()
+        read_engine = open_read_engine()
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     try:
         with exits_when_database_lost(engine, "building the report (nothing was written yet)"):
             run = run_or_latest(engine, run, "report")
-            folder = build_run_report(engine, run, out, book_now=book_now)
+            folder = build_run_report(read_engine or engine, run, out, book_now=book_now)
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     except ReconcilerError as exc:
         fail(str(exc), ExitCode.USAGE)
     finally:
         engine.dispose()
+        if read_engine is not None:
+            read_engine.dispose()
     typer.echo(str(report_html_path(folder)))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.cli.app import ExitCode, app, emit_json, fail, open_engine
+from reconciler.cli.app import ExitCode, app, emit_json, fail, open_engine, open_read_engine
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 if TYPE_CHECKING:
@@ -92,24 +92,27 @@ def run(
         fail(str(exc), ExitCode.USAGE)
     try:
         engine = open_engine()
+        read_engine = open_read_engine()
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     try:
         progress, close = _progress_reporter()
         try:
-            summary = run_reconciliation(engine, options, trigger="cli", progress=progress)
+            summary = run_reconciliation(engine, options, trigger="cli", progress=progress, read_engine=read_engine)
         finally:
             close()
         if json_output:
             emit_json(summary.to_json())
         else:
-            _print_human(engine, summary, top)
+            _print_human(read_engine or engine, summary, top)  # report reads: on the read URL when set
     except RunFailedError as exc:
         fail(str(exc), ExitCode.FAILED)
     except ReconcilerError as exc:  # raised before the run started (e.g. unknown ids): nothing was written
         fail(_as_flags(str(exc)), ExitCode.USAGE)
     finally:
         engine.dispose()
+        if read_engine is not None:
+            read_engine.dispose()
     raise typer.Exit(summary.exit_code)
 
 

@@ -44,7 +44,7 @@ log = logging.getLogger("reconciler.pipeline")
 
 
 def _compare_all(engine: Engine, run_id: int, plan: Sequence[Mapping[str, int]], options: RunOptions,
-                 progress: Progress | None, beat: Callable[[], None]) -> None:
+                 progress: Progress | None, beat: Callable[[], None], read_engine: Engine | None) -> None:
     total = len(plan)
     done = checked = 0
     if progress is not None:
@@ -59,7 +59,7 @@ def _compare_all(engine: Engine, run_id: int, plan: Sequence[Mapping[str, int]],
                     item = next(queue, None)
                     if item is None:
                         break
-                    pending.add(pool.submit(_compare, engine, run_id, item["chunk_index"], options))
+                    pending.add(pool.submit(_compare, engine, run_id, item["chunk_index"], options, read_engine))
                 if not pending:
                     break
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -77,8 +77,12 @@ def _compare_all(engine: Engine, run_id: int, plan: Sequence[Mapping[str, int]],
 
 
 def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "cli",
-                       progress: Progress | None = None, report_dir: Path | None = None) -> RunSummary:
+                       progress: Progress | None = None, report_dir: Path | None = None,
+                       read_engine: Engine | None = None) -> RunSummary:
     """Run every step in this process, chunks compared in parallel on ``options.workers`` connections.
+
+    The read-only steps (compare and explain, quality checks, report) read on ``read_engine`` when given (the
+    read URL: a replica, or a login that may only SELECT), else on ``engine``; read only either way.
 
     The run holds a session advisory lock for its whole life, so if this process dies the next run marks it
     ``failed`` at once. Bad options or unknown ``customer_ids`` raise before anything is written; an error
@@ -103,17 +107,17 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
 
             step = "starting"
             # GX's import and the suites that need not wait run in a child beside the comparison
-            # (reconciler.quality_worker).
-            worker = QualityWorker.start(engine.url.render_as_string(hide_password=False), run_id,
-                                         workers=options.workers)
+            # (reconciler.quality_worker); with a separate read URL the step stays here, on that URL.
+            worker = None if read_engine is not None else QualityWorker.start(
+                engine.url.render_as_string(hide_password=False), run_id, workers=options.workers)
             try:
                 step = "planning its chunks"
                 plan = plan_run(engine, run_id)
                 step = "comparing its chunks"
-                _compare_all(engine, run_id, plan, options, progress, beat)
+                _compare_all(engine, run_id, plan, options, progress, beat, read_engine)
                 beat()
                 step = "checking data quality"
-                check_quality(engine, run_id, worker=worker)
+                check_quality(engine, run_id, read_engine=read_engine, worker=worker)
                 step = "opening tasks"
                 open_run_tasks(engine, run_id)
                 step = "correcting"
@@ -122,7 +126,7 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
                 finish_run(engine, run_id)
                 # After finishing, so the filed report shows the run's final status, not "running".
                 step = "building the report"
-                build_report(engine, run_id, report_dir)
+                build_report(engine, run_id, report_dir, read_engine=read_engine)
                 return load_summary(engine, run_id)
             except Exception as exc:
                 lost = database_lost(exc, engine.url, doing=f"{step} (run {run_id})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,10 @@ from reconciler.compare import ChunkComparison, compare_chunk_totals
 from reconciler.corrections import (
     DEFAULT_STATEMENT_TIMEOUT,
 )
+from reconciler.db import describe_url, reading
 from reconciler.errors import (
     CustomerNotFoundError,
+    ReadDatabaseLagError,
     RunStateError,
 )
 from reconciler.explain import Explanation, explain_drifts
@@ -155,16 +158,12 @@ def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions,
                     "drift_count": int(row.drift_count)}
         chunk = Chunk(index=chunk_index, first_id=int(row.first_id), last_id=int(row.last_id),
                       customers=int(row.planned_customers))
-        if read_engine is None:
-            compared, explanations = _find_drifts(conn, chunk, options)
-        else:
-            # A replica may lag: that can delay a finding, never cause a wrong write, because every correction
-            # re-verifies on the primary under the row lock. One snapshot for compare and explain.
-            with read_engine.connect() as replica:
-                replica = replica.execution_options(isolation_level="REPEATABLE READ")
-                with replica.begin():
-                    _local_timeouts(replica)
-                    compared, explanations = _find_drifts(replica, chunk, options)
+        # Read-only work on its own READ ONLY transaction (one snapshot for compare and explain), on the read
+        # URL when there is one. A replica may lag: that can delay a finding, never cause a wrong write, because
+        # every correction re-verifies on the primary under the row lock.
+        with reading(read_engine or engine) as reader:
+            _local_timeouts(reader)
+            compared, explanations = _find_drifts(reader, chunk, options)
         drifts = compared.drifts
         finding_store.stage_findings(conn, run_id, chunk_index, drifts, explanations)
         chunk_store.mark_compared(conn, run_id, chunk, len(drifts), compared)
@@ -184,10 +183,12 @@ def compare_run_chunk(engine: Engine, run_id: int, chunk_index: int, *,
     return result
 
 
-def check_quality(engine: Engine, run_id: int, *, worker: QualityWorker | None = None) -> dict[str, object]:
-    """Run the expectation suites on the run (:func:`reconciler.quality.check_run_quality`); the outcome is
-    recorded on the run and returned. With ``worker`` (:mod:`reconciler.quality_worker`, started when the run
-    began so GX was imported beside the comparison) the child runs them; if it cannot, this process does."""
+def check_quality(engine: Engine, run_id: int, *, read_engine: Engine | None = None,
+                  worker: QualityWorker | None = None) -> dict[str, object]:
+    """Run the expectation suites on the run (:func:`reconciler.quality.check_run_quality`), reading on
+    ``read_engine`` when given (read only either way); the outcome is recorded on the run and returned. With
+    ``worker`` (:mod:`reconciler.quality_worker`, started when the run began so GX was imported beside the
+    comparison) the child runs them; if it cannot, this process does."""
     with engine.connect() as conn:
         runs.require_running(conn, run_id)
     answered = worker.check(run_id) if worker is not None else None
@@ -199,7 +200,9 @@ def check_quality(engine: Engine, run_id: int, *, worker: QualityWorker | None =
     else:
         from reconciler.quality import check_run_quality  # noqa: PLC0415  (Great Expectations is heavy)
 
-        result = check_run_quality(engine, run_id)
+        if read_engine is not None:
+            wait_for_read_side(engine, read_engine, run_id)
+        result = check_run_quality(engine, run_id, read_engine=read_engine)
         found_docs = getattr(result, "data_docs_path", None)
         quality = {"evaluated": int(result.evaluated), "failed": int(result.failed),
                    "warnings": int(getattr(result, "warnings", 0)), "success": bool(result.success),
@@ -208,6 +211,40 @@ def check_quality(engine: Engine, run_id: int, *, worker: QualityWorker | None =
         runs.merge_outcome(conn, run_id, {"quality": quality})
         runs.heartbeat(conn, run_id)
     return quality
+
+
+#: How long a step waits for the read database to show what the primary holds for the run.
+READ_LAG_TIMEOUT = dt.timedelta(seconds=60)
+_READ_SIDE_STATE = text("""
+    select r.status,
+           (select count(*) from reconciler.run_chunks c where c.run_id = r.id and c.status = 'compared') as compared,
+           (select count(*) from reconciler.findings f where f.run_id = r.id) as findings,
+           (select count(*) from reconciler.tasks t where t.last_seen_run_id = r.id) as tasks
+    from reconciler.runs r where r.id = :run""")
+
+
+def wait_for_read_side(engine: Engine, read_engine: Engine, run_id: int,
+                       timeout: dt.timedelta = READ_LAG_TIMEOUT) -> None:
+    """Wait until ``read_engine`` (a replica) shows the run as the primary does (status, compared chunks,
+    findings, tasks), so quality checks and reports never read a run half replicated; raises
+    :class:`ReadDatabaseLagError` (retry later) after ``timeout``."""
+    if read_engine.url == engine.url:
+        return
+    with engine.connect() as conn:
+        wanted = tuple(conn.execute(_READ_SIDE_STATE, {"run": run_id}).one())
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        with reading(read_engine) as reader:
+            row = reader.execute(_READ_SIDE_STATE, {"run": run_id}).one_or_none()
+        seen = tuple(row) if row is not None else None
+        if seen == wanted:
+            return
+        if time.monotonic() >= deadline:
+            raise ReadDatabaseLagError(
+                f"the read database ({describe_url(read_engine.url)}) still shows run {run_id} as {seen} after "
+                f"{timeout.total_seconds():.0f} s, the primary as {wanted} (status, compared chunks, findings, "
+                f"tasks); check the replica's lag, or unset RECONCILER_READ_DATABASE_URL; retrying is safe")
+        time.sleep(0.25)
 
 
 @dataclass(frozen=True)
@@ -258,13 +295,17 @@ def open_run_tasks(engine: Engine, run_id: int) -> dict[str, int]:
 
 
 
-def build_report(engine: Engine, run_id: int, out_dir: Path | None = None) -> str:
-    """Build the finance report (:func:`reconciler.report.build_run_report`); return its folder."""
+def build_report(engine: Engine, run_id: int, out_dir: Path | None = None, *,
+                 read_engine: Engine | None = None) -> str:
+    """Build the finance report (:func:`reconciler.report.build_run_report`), reading on ``read_engine`` when
+    given (read only either way); return its folder."""
     from reconciler.report import build_run_report  # noqa: PLC0415  (plots and templates are heavy)
 
     with engine.begin() as conn:
         runs.store_totals(conn, run_id, runs.tally(conn, run_id))
-    path = build_run_report(engine, run_id, out_dir)
+    if read_engine is not None:
+        wait_for_read_side(engine, read_engine, run_id)
+    path = build_run_report(read_engine or engine, run_id, out_dir)
     with engine.begin() as conn:
         runs.merge_outcome(conn, run_id, {"report_path": str(path)})
         runs.heartbeat(conn, run_id)

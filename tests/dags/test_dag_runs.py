@@ -11,10 +11,8 @@ import pytest
 from sqlalchemy import Engine, func, insert, select, text
 from sqlalchemy.engine import URL
 
-from reconciler.db import make_engine
 from reconciler.schema import runs, tasks
 from tests.factories import cached_balance, entry_count, ledger_sum, seed_thirty_customers
-from tests.fix_db import create_database, drop_database
 from tests.fix_http import Webhook
 
 pytestmark = pytest.mark.slow
@@ -157,25 +155,3 @@ def test_watchdog_alerts_when_no_run_succeeded(dagbag: Any, ledger: Engine, webh
     fresh = _run(dagbag, dag_id="ledger_reconciliation_watchdog")
     assert fresh.state == "success"
     assert len(webhook.received) == 1
-
-
-def test_compare_reads_the_replica_connection_when_it_exists(dagbag: Any, ledger: Engine, server_url: URL,
-                                                             template_url: URL,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the connection ``ledger_db_replica`` set, compare_chunk reads there: a replica that has not yet
-    seen the planted drift finds none, and the primary is left untouched."""
-    replica_url = create_database(server_url, template_url)
-    replica = make_engine(replica_url)
-    try:
-        seed_thirty_customers(replica, PLANTED, plant=False)  # the ledger as it was before the drift was planted
-        monkeypatch.setenv("AIRFLOW_CONN_LEDGER_DB_REPLICA", replica_url.set(drivername="postgresql")
-                           .render_as_string(hide_password=False))
-        dag_run = _run(dagbag, {"chunk_size": 10})
-        assert dag_run.state == "success", {k: v for k, v in _states(dag_run).items() if v != "success"}
-        (run,) = _run_rows(ledger)
-        assert (run["customers_checked"], run["drift_count"]) == (CUSTOMERS, 0)
-        for customer, drift in PLANTED.items():
-            assert cached_balance(ledger, customer) == ledger_sum(ledger, customer) + drift
-    finally:
-        replica.dispose()
-        drop_database(replica_url)

@@ -59,3 +59,18 @@ def test_a_lagging_replica_delays_findings_but_corrections_follow_the_primary(en
     later = pipeline.run_reconciliation(engine, RunOptions(max_drift_ratio=Decimal("1")))
     assert (later.drift_count, later.corrected) == (1, 1)
     assert cached_balance(engine, 3) == Decimal("100.00")
+
+
+def test_quality_and_report_wait_for_a_read_side_that_lags(engine: Engine, replica: Engine) -> None:
+    """The read-only steps after comparing (quality, report) read the run on the read side: one that does not
+    show the run as the primary does yet is waited for, then named as lagging (a retry is safe)."""
+    import datetime as dt
+
+    from reconciler.errors import ReadDatabaseLagError
+    from reconciler.pipeline.steps import wait_for_read_side
+
+    make_drifting_customer(engine, 1, drift="2.00")
+    run_id = pipeline.start_run(engine, RunOptions(), "manual")
+    with pytest.raises(ReadDatabaseLagError, match="lag"):
+        wait_for_read_side(engine, replica, run_id, timeout=dt.timedelta(seconds=0.3))
+    wait_for_read_side(engine, engine, run_id)  # the primary itself: nothing to wait for

@@ -187,6 +187,16 @@ def test_each_reconciler_table_has_one_writer_module() -> None:
     assert found == {table: {owner} for table, (_, owner) in owners.items()}
 
 
+def test_no_library_module_writes_the_audit_tables() -> None:
+    """reconciler.audit_log, audit_head and audit_queue are written only by the database functions of migration
+    0007: the library appends through reconciler.append_audit, never by a statement of its own."""
+    writers = set()
+    for table, names in (("reconciler.audit_log", {"audit_log"}), ("reconciler.audit_head", {"audit_head"}),
+                         ("reconciler.audit_queue", {"audit_queue"})):
+        writers |= _writers(table, names)
+    assert writers == set()
+
+
 def test_the_scans_recognise_every_way_of_writing() -> None:
     """The writer scans catch SQL text, COPY and SQLAlchemy Core calls (so they cannot pass by missing them)."""
     assert _sql_writes("UPDATE customers SET balance = 0", "customers")

@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy import text
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 
 
 def upgrade() -> None:
