@@ -9,24 +9,39 @@ settings below (a customer range or ids, tolerance, policy, guardrails, dry run)
 **Steps** (each calls one `reconciler.pipeline` function; every step can be retried or rerun and
 changes nothing the second time; findings are staged in `reconciler.findings` before anything acts):
 `start_run` → `plan_chunks` → `compare_chunk` (one mapped task per chunk of customer ids, in pool
-`ledger_db`) → `check_quality` → `open_tasks` → `apply_corrections` → `finish_run` → `build_report`
-→ `send_alerts`.
+`ledger_db`) → `check_quality` → `open_tasks` → `apply_corrections` → `review_corrections` → `apply_review`
+→ `finish_run` → `build_report` → `send_alerts`.
+
+**Four eyes**: when corrections went to `needs_review` (drift above `auto_correct_limit`),
+`review_corrections` waits (up to `RECONCILER_APPROVAL_TIMEOUT_MINUTES`, default 12 h) in Airflow's
+"Required actions" for a second person: approve all, approve selected task ids, or reject with a note. The
+person who triggered the run cannot approve it; `RECONCILER_APPROVERS` (comma-separated user names) lists who
+may, and is required in practice for scheduled runs. Approved tasks are corrected through the balance core
+with the approver in their audit trail; rejected ones stay in review with the note; no answer in time
+corrects nothing and the alert says so.
 
 **Database**: the Airflow connection `ledger_db`, else `RECONCILER_DATABASE_URL`, else the embedded
 PostgreSQL under `.reconciler/`. When the connection `ledger_db_replica` (else `RECONCILER_READ_DATABASE_URL`)
 exists, every read-only step reads from it: comparisons, explanations, quality checks, the report (corrections
 always re-verify on the primary). Read-only steps run in READ ONLY transactions either way.
 
-**Alerts**: a halted or failed run, or drift found above `alert_drift_above`, goes to the task log and to
-the Airflow connection `reconciler_alerts` (webhook or SMTP) when it exists. A failing task marks the run
-`failed`. The `ledger_reconciliation_watchdog` DAG alerts when no run has succeeded for 26 hours.
+**Alerts**: `send_alerts` runs last whatever happened before it (trigger rule `all_done`) and sends ONE alert
+per DAG run, however many mapped tasks failed: a halted or failed run, or drift found above
+`alert_drift_above`. It goes to the task log, by mail (SmtpNotifier, connection `reconciler_smtp`) and to a
+chat webhook (HttpNotifier, connection `reconciler_alerts`) when they exist, with the run summary, links to
+this DAG run and the failed task's log, and the report's location. A failing task marks the run `failed`.
+The `ledger_reconciliation_watchdog` DAG alerts when no run has succeeded for 26 hours.
 
-**Results**: `reconciler tasks list --run RUN_ID`, the report folder printed by `build_report`.
+**Results**: `reconciler tasks list --run RUN_ID`, the report folder printed by `build_report`. Each finished
+run (succeeded or halted) emits an event of the asset `reconciler://ledger/balances` with its figures and
+report location (see `dags/examples/finance_export.py`); `send_alerts` sends the `reconciler.run.*` metrics
+through Airflow's Stats (StatsD or OpenTelemetry).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from typing import Any
 
@@ -34,17 +49,23 @@ import pendulum
 from airflow.sdk import Param, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from reconciler_airflow import (
+    BALANCES,
+    LEDGER_INPUTS,
     LEDGER_POOL,
     RunNotClean,
+    balances_event,
+    emit_run_metrics,
     env_int,
     jsonable,
     ledger_step,
     mark_run_failed,
     replica_engine,
+    run_id_of,
     schedule_from_env,
     trigger_of,
 )
-from reconciler_alerts import ReconcilerNotifier
+from reconciler_alerts import deliver_alert, failed_task_instances, links_for
+from reconciler_review import FourEyesReview, configured_approvers, decision_from, trigger_user
 
 # Light modules (no database, no heavy imports): the Params' bounds and defaults are the library's own.
 from reconciler.run_limits import (
@@ -58,9 +79,12 @@ from reconciler.run_limits import (
     POLICIES,
 )
 
+log = logging.getLogger(__name__)
 DEFAULT_SCHEDULE = "0 2 * * *"
 TASK_RETRIES = env_int("RECONCILER_TASK_RETRIES", 2)
 RETRY_DELAY = dt.timedelta(seconds=env_int("RECONCILER_RETRY_DELAY_SECONDS", 30))
+#: How long the approval step waits for an answer before it corrects nothing (default 12 hours).
+APPROVAL_TIMEOUT = dt.timedelta(minutes=env_int("RECONCILER_APPROVAL_TIMEOUT_MINUTES", 12 * 60, minimum=1))
 MONEY_PATTERN = r"^[0-9]{1,16}(\.[0-9]{1,2})?$"
 RATIO_PATTERN = r"^(0(\.[0-9]{1,6})?|1(\.0{1,6})?)$"
 #: The params that are run options (reconciler.pipeline.RunOptions); the others configure the DAG itself.
@@ -143,9 +167,10 @@ def _run_options(params: dict[str, Any]) -> Any:
         "owner": "finance-engineering",
         "retries": TASK_RETRIES,
         "retry_delay": RETRY_DELAY,
-        "retry_exponential_backoff": True,
+        "retry_exponential_backoff": 2.0,  # a multiplier: 30 s, 60 s, 120 s ... up to max_retry_delay
         "max_retry_delay": dt.timedelta(minutes=10),
-        "on_failure_callback": [mark_run_failed, ReconcilerNotifier()],
+        # Only bookkeeping per failed task; the one alert of the DAG run comes from send_alerts.
+        "on_failure_callback": [mark_run_failed],
     },
 )
 def ledger_reconciliation() -> None:
@@ -159,8 +184,12 @@ def ledger_reconciliation() -> None:
         with ledger_step() as engine:
             dag_run = context["dag_run"]
             # Keyed by the Airflow run: a retry of this task returns the run it already started.
-            return pipeline.start_run(engine, options, trigger_of(dag_run.run_type),
-                                      key=f"airflow:{dag_run.dag_id}:{dag_run.run_id}")
+            run = pipeline.start_run(engine, options, trigger_of(dag_run.run_type),
+                                     key=f"airflow:{dag_run.dag_id}:{dag_run.run_id}")
+            from reconciler.approvals import record_trigger_user
+
+            record_trigger_user(engine, run, trigger_user(context))  # the proposer, for the four-eyes rule
+            return run
 
     @task
     def plan_chunks(run: int) -> list[dict[str, int]]:
@@ -171,7 +200,7 @@ def ledger_reconciliation() -> None:
             return pipeline.plan_run(engine, run)
 
     @task(pool=LEDGER_POOL, retries=max(TASK_RETRIES, 3), execution_timeout=dt.timedelta(minutes=30),
-          map_index_template="{{ chunk_label }}")
+          map_index_template="{{ chunk_label }}", inlets=LEDGER_INPUTS)
     def compare_chunk(chunk: dict[str, int]) -> dict[str, int]:
         """Compare one chunk in one statement; findings are staged, so a retry changes nothing."""
         from reconciler import pipeline
@@ -205,13 +234,44 @@ def ledger_reconciliation() -> None:
         with ledger_step() as engine:
             return jsonable(pipeline.apply_run_corrections(engine, run))
 
-    @task
+    @task(trigger_rule="none_failed")
+    def apply_review(run: int) -> dict[str, Any] | None:
+        """Apply the approver's answer (skipped review: nothing to do): approved tasks are corrected through
+        the core with the approver in their audit; rejected ones stay in review with the note; no answer in
+        time, or an answer by the run's own trigger, corrects nothing."""
+        from reconciler import approvals
+        from reconciler.errors import FourEyesError
+
+        context = get_current_context()
+        response = context["ti"].xcom_pull(task_ids="review_corrections")
+        if not response:
+            return None
+        with ledger_step() as engine:
+            pending = [t.id for t in approvals.review_candidates(engine, run)]
+            if not response.get("responded_by_user"):
+                outcome = approvals.record_review_timeout(engine, run, waited=str(APPROVAL_TIMEOUT))
+            else:
+                decision = decision_from(response, pending)
+                try:
+                    outcome = approvals.apply_review(engine, run, decision, proposers=[trigger_user(context)],
+                                                     approvers=configured_approvers(),
+                                                     policy=str(context["params"].get("policy") or "ledger"))
+                except FourEyesError as exc:
+                    log.warning("approval refused: %s", exc)
+                    outcome = approvals.record_review_refused(engine, run, decision, str(exc))
+        return outcome.to_json()
+
+    @task(outlets=[BALANCES])
     def build_report(run: int) -> str:
-        """Write the finance report for the run; return where it is."""
+        """Write the finance report for the run; return where it is. Emits the "balances reconciled" asset
+        event with the run's figures and the report's location."""
         from reconciler import pipeline
 
         with ledger_step() as engine, replica_engine() as replica:
-            return str(pipeline.build_report(engine, run, read_engine=replica))
+            location = str(pipeline.build_report(engine, run, read_engine=replica))
+            summary = pipeline.load_summary(engine, run)
+        get_current_context()["outlet_events"][BALANCES].extra = balances_event(summary, location)
+        return location
 
     @task
     def finish_run(run: int) -> dict[str, Any]:
@@ -221,29 +281,51 @@ def ledger_reconciliation() -> None:
         with ledger_step() as engine:
             return jsonable(pipeline.finish_run(engine, run).to_json())
 
-    @task
-    def send_alerts(run: int) -> str | None:
-        """Alert on a halted or failed run or on drift above the threshold; a halted run turns the DAG red."""
+    @task(trigger_rule="all_done", retries=0)
+    def send_alerts() -> str | None:
+        """Send this DAG run's metrics and its one alert (halted, failed, drift above the threshold), whatever
+        failed before; a halted or failed run turns the DAG red."""
+        from dataclasses import replace
+
         from reconciler import alerts, pipeline
 
         context = get_current_context()
+        failed = failed_task_instances(context)
+        where = ", ".join(f"{task}[{index}]" if index >= 0 else task for task, index in failed)
+        run = run_id_of(context)
+        if run is None:
+            alert = alerts.alert_for_failure(run_id=None, where=where or "start_run",
+                                             error="the run could not be recorded; see the task log")
+            deliver_alert(alert.with_links(**links_for(context, failed=failed)), context, log)
+            raise RunNotClean(f"{alert.subject}: {alert.text}")
         with ledger_step() as engine:
             summary = pipeline.load_summary(engine, run)
+            if failed and summary.status not in ("failed", "halted"):
+                # The failure callbacks record the reason; a task failing after finish_run (or a callback not
+                # yet done) still makes this a failed DAG run, and the alert says so.
+                reason = summary.error or f"{where} failed; see the task log"
+                pipeline.mark_run_failed(engine, run, reason)
+                summary = replace(pipeline.load_summary(engine, run), status="failed", error=reason)
+        started = context["dag_run"].start_date
+        emit_run_metrics(summary, (dt.datetime.now(dt.UTC) - started).total_seconds() if started else None)
         threshold = alerts.parse_drift_threshold(context["params"].get("alert_drift_above"))
-        alert = alerts.alert_for_summary(summary, drift_above=threshold)
-        if alert is None:
-            return None
-        ReconcilerNotifier(alert).notify(context)
+        reviewed = context["ti"].xcom_pull(task_ids="apply_review")
+        review = alerts.ReviewOutcome(**reviewed) if reviewed else None
+        outcome = alerts.alert_for_summary(summary, drift_above=threshold, review=review)
+        if outcome is not None:
+            deliver_alert(outcome.with_links(**links_for(context, failed=failed, report=summary.report_path)),
+                          context, log)
         if summary.status in ("halted", "failed"):
-            raise RunNotClean(f"{alert.subject}: {alert.text}")
-        return alert.kind
+            raise RunNotClean(f"{outcome.subject}: {outcome.text}" if outcome else f"run {run} is {summary.status}")
+        return outcome.kind if outcome else None
 
     # ``run`` is the reconciler run id (an XComArg here, an int inside the tasks; Airflow reserves "run_id").
     run: Any = start_run()
     compared = compare_chunk.expand(chunk=plan_chunks(run))
     # The report is built after the run is finished, so it shows the run's final status.
-    chain(compared, check_quality(run), open_tasks(run), apply_corrections(run), finish_run(run), build_report(run),
-          send_alerts(run))
+    review = FourEyesReview(task_id="review_corrections", response_timeout=APPROVAL_TIMEOUT, retries=0)
+    chain(compared, check_quality(run), open_tasks(run), apply_corrections(run), review, apply_review(run),
+          finish_run(run), build_report(run), send_alerts())
 
 
 ledger_reconciliation()

@@ -3,19 +3,21 @@
 
 Every hour, checks when a reconciliation run last **succeeded** (`reconciler.runs`). When that is longer
 ago than `max_age_hours` (default 26, `RECONCILER_WATCHDOG_MAX_AGE_HOURS`), or no run ever succeeded, it
-alerts (task log, and the Airflow connection `reconciler_alerts` when it exists) and turns red: a skipped
-night, a paused DAG or runs that keep failing cannot pass as green.
+alerts (task log, mail through `reconciler_smtp` and the chat webhook `reconciler_alerts` when they exist)
+and turns red: a skipped night, a paused DAG or runs that keep failing cannot pass as green.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from reconciler_airflow import RunNotClean, env_int, ledger_engine, schedule_from_env
-from reconciler_alerts import ReconcilerNotifier
+from reconciler_alerts import ReconcilerNotifier, deliver_alert, links_for
 
+log = logging.getLogger(__name__)
 DEFAULT_SCHEDULE = "17 * * * *"
 MAX_AGE_HOURS = env_int("RECONCILER_WATCHDOG_MAX_AGE_HOURS", 26, minimum=1)
 
@@ -53,7 +55,7 @@ def ledger_reconciliation_watchdog() -> None:
         alert = alerts.alert_for_staleness(last, dt.datetime.now(dt.UTC), max_age, latest=latest)
         if alert is None:
             return last.isoformat() if last else None
-        ReconcilerNotifier(alert).notify(context)
+        deliver_alert(alert.with_links(**links_for(context)), context, log)
         raise RunNotClean(f"{alert.subject}: {alert.text}")
 
     check_last_success()

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException
 
 if TYPE_CHECKING:
@@ -30,6 +31,15 @@ LEDGER_POOL = "ledger_db"
 DEFAULT_POOL_SLOTS = 4
 #: A task's own connection pool: a task is one process doing one step, it needs few connections.
 TASK_POOL_SIZE = 2
+
+#: "Balances reconciled": one event per finished run (succeeded or halted; failed runs emit none), with the
+#: run's figures as metadata. Downstream DAGs (a finance export) schedule on it: ``schedule=[BALANCES]``.
+BALANCES = Asset("reconciler://ledger/balances", group="reconciler")
+#: What the comparisons read (inlets: the OpenLineage provider turns inlets and outlets into its datasets).
+LEDGER_INPUTS = [Asset("reconciler://ledger/customers", group="reconciler"),
+                 Asset("reconciler://ledger/customer_ledger_entries", group="reconciler")]
+#: Metric names (Airflow's Stats: StatsD or OpenTelemetry, as [metrics] configures).
+METRIC_PREFIX = "reconciler.run"
 
 
 class RunNotClean(AirflowFailException):
@@ -189,3 +199,33 @@ def mark_run_failed(context: Mapping[str, Any]) -> None:
 
     with ledger_engine() as engine:
         pipeline.mark_run_failed(engine, run_id, failure_reason(context))
+
+
+def balances_event(summary: Any, report: str | None) -> dict[str, Any]:
+    """The metadata of a :data:`BALANCES` event: JSON only, money as strings (exact)."""
+    return {"run_id": summary.run_id, "status": summary.status,
+            "mode": str(getattr(summary, "mode", None) or "full"), "customers_checked": summary.customers_checked,
+            "drift_count": summary.drift_count, "total_abs_drift": str(summary.total_abs_drift),
+            "corrected": summary.corrected, "needs_review": summary.needs_review, "open": summary.open,
+            "report": report}
+
+
+def emit_run_metrics(summary: Any, duration_seconds: float | None) -> dict[str, float]:
+    """Send the run's figures through Airflow's Stats: gauges (drift count, total absolute drift, corrected,
+    needs review), the run duration as a timing, and counters of runs by status and of corrections; return the
+    gauges sent. Metrics are floats by nature: the exact amounts stay in the database and the asset event."""
+    from airflow.sdk.observability.stats import Stats
+
+    tags = {"status": summary.status}
+    gauges = {"drift_count": float(summary.drift_count), "total_abs_drift": float(summary.total_abs_drift),
+              "corrected": float(summary.corrected), "needs_review": float(summary.needs_review)}
+    for name, value in gauges.items():
+        Stats.gauge(f"{METRIC_PREFIX}.{name}", value, tags=tags)
+    if duration_seconds is not None:
+        import datetime as dt
+
+        Stats.timing(f"{METRIC_PREFIX}.duration", dt.timedelta(seconds=duration_seconds), tags=tags)
+    Stats.incr(f"{METRIC_PREFIX}.finished", tags=tags)
+    if summary.corrected:
+        Stats.incr(f"{METRIC_PREFIX}.corrections", count=int(summary.corrected), tags=tags)
+    return gauges

@@ -1,33 +1,25 @@
-"""Alerts for finance on call: when to raise one, what it says, and how it is delivered.
+"""Alerts for finance on call: when to raise one and what it says.
 
-Invariant: a run that halts or fails, a run whose drift is above the agreed amount, and a night without
-a successful run each produce exactly one :class:`Alert`; a clean run produces none. Deciding is pure
-(values in, an ``Alert`` or ``None`` out); delivery is plain stdlib (an HTTP POST of JSON to a webhook,
-or a mail over SMTP) so any orchestrator can use it. Nothing here imports airflow: the Airflow notifier in
-``dags/`` only looks up the channel and calls these functions.
+Invariant: a run that halts or fails, a run whose drift is above the agreed amount, a review nobody
+answered in time, and a night without a successful run each produce exactly one :class:`Alert`; a clean
+run produces none. Everything here is pure (values in, an ``Alert``, a JSON payload or a mail body out)
+except the two watchdog queries. Delivery belongs to the orchestrator: in Airflow the provider notifiers
+(``SmtpNotifier``, ``HttpNotifier``) in ``dags/reconciler_alerts.py`` send what these functions render.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import http.client
-import json
-import smtplib
-import ssl
-import urllib.error
-import urllib.request
+import html
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from email.message import EmailMessage
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from sqlalchemy import Engine, func, select
 
 from reconciler.corrections import BUSY_RUNS_CALLOUT
-from reconciler.errors import AlertDeliveryError, InvalidOperationError
+from reconciler.errors import InvalidOperationError
 from reconciler.money import format_money, to_money
 from reconciler.row_locks import format_lockers
 from reconciler.schema import runs
@@ -36,9 +28,10 @@ from reconciler.schema import runs
 DEFAULT_ALERT_DRIFT_ABOVE = Decimal("1000.00")
 #: The watchdog alerts when no run has succeeded for longer than this.
 DEFAULT_MAX_AGE = dt.timedelta(hours=26)
-DEFAULT_TIMEOUT = 10.0
-ALERT_KINDS = ("halted", "failed", "drift", "busy", "stale")
+ALERT_KINDS = ("halted", "failed", "drift", "busy", "review", "stale")
 SOURCE = "reconciler"
+#: The labels of an alert's links, in the order messages show them.
+LINK_LABELS = {"run": "Airflow run", "log": "Log", "report": "Report"}
 
 
 @dataclass(frozen=True)
@@ -50,15 +43,44 @@ class Alert:
     text: str
     run_id: int | None = None
     details: Mapping[str, object] = field(default_factory=dict)
+    #: Where to look: ``run`` (the orchestrator's run page), ``log`` (the log of the step that alerted),
+    #: ``report`` (the finance report's folder or URL); see :data:`LINK_LABELS`.
+    links: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in ALERT_KINDS:
             raise InvalidOperationError(f"alert kind must be one of {', '.join(ALERT_KINDS)}, got {self.kind!r}")
+        unknown = sorted(set(self.links) - set(LINK_LABELS))
+        if unknown:
+            raise InvalidOperationError(f"alert links must be among {', '.join(LINK_LABELS)}, got {unknown}")
+
+    def with_links(self, **links: str | None) -> Alert:
+        """This alert with the given links added (``None`` or empty values are left out)."""
+        return replace(self, links={**self.links, **{name: url for name, url in links.items() if url}})
+
+    def message(self) -> str:
+        """The plain-text message: subject, text, then one line per link."""
+        lines = [self.subject, self.text]
+        lines += [f"{label}: {self.links[name]}" for name, label in LINK_LABELS.items() if self.links.get(name)]
+        return "\n".join(lines)
 
     def to_json(self) -> dict[str, object]:
-        """The webhook payload: ``text`` first (what chat webhooks display), then the structured facts."""
-        return {"text": f"{self.subject}\n{self.text}", "source": SOURCE, "kind": self.kind,
-                "subject": self.subject, "run_id": self.run_id, "details": dict(self.details)}
+        """The webhook payload: ``text`` first (what chat webhooks such as Slack's display), then the facts."""
+        return {"text": self.message(), "source": SOURCE, "kind": self.kind, "subject": self.subject,
+                "run_id": self.run_id, "details": dict(self.details), "links": dict(self.links)}
+
+    def email_subject(self) -> str:
+        return f"[reconciler] {self.subject}"
+
+    def email_html(self) -> str:
+        """The mail body: the text, the links as anchors, the sorted details; every value HTML-escaped."""
+        links = "".join(f'<li>{html.escape(label)}: <a href="{html.escape(self.links[name])}">'
+                        f"{html.escape(self.links[name])}</a></li>"
+                        for name, label in LINK_LABELS.items() if self.links.get(name))
+        details = "".join(f"<tr><th align=\"left\">{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
+                          for key, value in sorted(self.details.items()))
+        return (f"<p>{html.escape(self.text)}</p>" + (f"<ul>{links}</ul>" if links else "")
+                + (f"<table>{details}</table>" if details else ""))
 
 
 class RunOutcome(Protocol):
@@ -120,16 +142,21 @@ def _counts_line(summary: RunOutcome) -> str:
             f"{summary.needs_review} need review, {summary.open} open.")
 
 
-def alert_for_summary(summary: RunOutcome, *, drift_above: Decimal | None = DEFAULT_ALERT_DRIFT_ABOVE
-                      ) -> Alert | None:
+def alert_for_summary(summary: RunOutcome, *, drift_above: Decimal | None = DEFAULT_ALERT_DRIFT_ABOVE,
+                      review: ReviewOutcome | None = None) -> Alert | None:
     """The alert a finished run deserves, or None for a run finance need not hear about.
 
     Halted and failed runs always alert; a succeeded run alerts when the absolute drift it found exceeds
-    ``drift_above`` (strictly; ``None`` disables that check), or when a customer's correction has been
-    skipped as busy for :data:`BUSY_RUNS_CALLOUT` runs in a row. Every message calls out such customers.
+    ``drift_above`` (strictly; ``None`` disables that check), when a customer's correction has been skipped as
+    busy for :data:`BUSY_RUNS_CALLOUT` runs in a row, or when the four-eyes review of its ``needs_review``
+    tasks got no answer in time or an answer that was refused (nothing was corrected). Every message calls out
+    busy customers and the review's outcome, when there was one.
     """
     details = _outcome_details(summary)
     report = _busy_line(summary) + (f" Report: {summary.report_path}." if summary.report_path else "")
+    if review is not None:
+        details["review"] = review.to_json()
+        report = f" {review.describe()}{report}"
     if summary.status == "halted":
         return Alert("halted", f"Reconciliation run {summary.run_id} halted",
                      f"{summary.halted_reason or 'guardrail tripped'}. {_counts_line(summary)} Review the "
@@ -145,12 +172,50 @@ def alert_for_summary(summary: RunOutcome, *, drift_above: Decimal | None = DEFA
                               f"of drift (alert threshold {format_money(drift_above)})",
                      f"{_counts_line(summary)}{report}", summary.run_id,
                      {**details, "alert_drift_above": str(drift_above)})
+    if review is not None and review.unanswered:
+        what = "in time" if review.timed_out else "acceptably (four-eyes rule)"
+        return Alert("review", f"Reconciliation run {summary.run_id}: nobody reviewed {review.pending} "
+                               f"correction{'s' if review.pending != 1 else ''} {what}",
+                     f"{_counts_line(summary)}{report} Review them with `reconciler tasks list --status needs_review` "
+                     f"and `reconciler tasks resolve`, or in the next run's approval step.", summary.run_id, details)
     long_busy = _long_busy(summary)
     if long_busy:
         return Alert("busy", f"Reconciliation run {summary.run_id}: {len(long_busy)} customer(s) locked by another "
                              f"session for {BUSY_RUNS_CALLOUT}+ runs in a row",
                      f"{_counts_line(summary)}{report}", summary.run_id, details)
     return None
+
+
+@dataclass(frozen=True)
+class ReviewOutcome:
+    """What the four-eyes review of a run's ``needs_review`` tasks came to."""
+
+    pending: int
+    approved: int = 0
+    rejected: int = 0
+    timed_out: bool = False
+    approver: str | None = None
+    note: str | None = None
+    #: Why the answer was not applied (e.g. the approver triggered the run): nothing was corrected.
+    refused: str | None = None
+
+    @property
+    def unanswered(self) -> bool:
+        """Nothing of the review was applied: no answer in time, or an answer that was refused."""
+        return self.timed_out or self.refused is not None
+
+    def describe(self) -> str:
+        if self.refused is not None:
+            return f"Review: the answer of {self.approver} was refused ({self.refused}); nothing was corrected."
+        if self.timed_out:
+            return (f"Review: no answer within the approval timeout; nothing of the {self.pending} task"
+                    f"{'s' if self.pending != 1 else ''} needing review was corrected.")
+        who = f" by {self.approver}" if self.approver else ""
+        return f"Review{who}: {self.approved} approved and corrected, {self.rejected} rejected of {self.pending}."
+
+    def to_json(self) -> dict[str, object]:
+        return {"pending": self.pending, "approved": self.approved, "rejected": self.rejected,
+                "timed_out": self.timed_out, "approver": self.approver, "note": self.note, "refused": self.refused}
 
 
 def alert_for_failure(*, run_id: int | None, where: str, error: str) -> Alert:
@@ -234,155 +299,3 @@ def parse_drift_threshold(value: object) -> Decimal | None:
     if threshold < 0:
         raise InvalidOperationError(f"alert_drift_above must be >= 0, got {value!r}; leave it empty to disable")
     return threshold
-
-
-# --- delivery -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WebhookChannel:
-    """POST the alert as JSON to ``url``."""
-
-    url: str = field(repr=False)  # a webhook URL is a credential (user:password@, a token in its path)
-    timeout: float = DEFAULT_TIMEOUT
-
-    def describe(self) -> str:
-        """Scheme, host and port only: never the path, query or user:password@ (they may hold secrets)."""
-        parts = urlsplit(self.url)
-        try:
-            port = f":{parts.port}" if parts.port else ""
-        except ValueError:
-            port = ":(invalid port)"
-        return f"webhook {parts.scheme}://{parts.hostname}{port}"
-
-
-@dataclass(frozen=True)
-class EmailChannel:
-    """Mail the alert through an SMTP server."""
-
-    host: str
-    port: int
-    sender: str
-    recipients: tuple[str, ...]
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    starttls: bool = False
-    use_ssl: bool = False
-    timeout: float = DEFAULT_TIMEOUT
-
-    def describe(self) -> str:
-        return f"smtp {self.host}:{self.port} to {', '.join(self.recipients)}"
-
-
-Channel = WebhookChannel | EmailChannel
-
-
-def _flag(value: object) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-def channel_from_connection(conn_type: str, *, host: str | None, port: int | None = None, login: str | None = None,
-                            password: str | None = None, schema: str | None = None,
-                            extra: Mapping[str, object] | None = None) -> Channel:
-    """The delivery channel described by a connection's fields (Airflow's connection model, no airflow import).
-
-    - ``http``/``https``: a webhook at ``conn_type://host[:port]/schema`` (or ``extra["url"]``); e.g.
-      ``AIRFLOW_CONN_RECONCILER_ALERTS='https://hooks.example.com/services/T0/B0/XYZ'``.
-    - ``smtp``/``smtps``/``email``: mail via host:port, with ``extra`` ``to`` (comma-separated),
-      ``from`` (default ``reconciler@<host>``), ``starttls`` and ``timeout``; login/password when set.
-    """
-    extra = dict(extra or {})
-    timeout = float(str(extra.get("timeout", DEFAULT_TIMEOUT)))
-    kind = conn_type.strip().lower()
-    if kind in ("http", "https", "webhook"):
-        if extra.get("url"):
-            url = str(extra["url"])
-        else:
-            if not host:
-                raise InvalidOperationError("the alerts webhook connection has no host; set it to the webhook URL, "
-                                            "e.g. https://hooks.example.com/services/...")
-            scheme = "https" if kind == "webhook" else kind
-            url = f"{scheme}://{host}{f':{port}' if port else ''}/{(schema or '').lstrip('/')}"
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise InvalidOperationError("the alerts webhook URL must start with http:// or https://")
-        return WebhookChannel(url=url, timeout=timeout)
-    if kind in ("smtp", "smtps", "email"):
-        recipients = tuple(part.strip() for part in str(extra.get("to", "")).split(",") if part.strip())
-        if not host or not recipients:
-            raise InvalidOperationError(
-                "the alerts SMTP connection needs a host and extra {\"to\": \"finance@example.com\"}; "
-                f"got host {host!r} and to {extra.get('to')!r}")
-        use_ssl = kind == "smtps" or _flag(extra.get("ssl", False))
-        return EmailChannel(host=host, port=port or (465 if use_ssl else 25),
-                            sender=str(extra.get("from") or f"reconciler@{host}"), recipients=recipients,
-                            username=login or None, password=password or None,
-                            starttls=_flag(extra.get("starttls", False)), use_ssl=use_ssl, timeout=timeout)
-    raise InvalidOperationError(
-        f"the alerts connection has type {conn_type!r}; use http/https for a webhook or smtp/smtps for mail")
-
-
-def post_webhook(channel: WebhookChannel, alert: Alert) -> int:
-    """POST ``alert`` as JSON; return the HTTP status, or raise :class:`AlertDeliveryError` (non-2xx, no answer)."""
-    body = json.dumps(alert.to_json(), sort_keys=True).encode()
-    headers = {"Content-Type": "application/json", "User-Agent": SOURCE}
-    url = channel.url
-    parts = urlsplit(url)
-    if parts.username is not None or parts.password is not None:
-        # user:password@ in the URL becomes a Basic Authorization header: urllib would put it in the host (and
-        # in its error message) instead.
-        credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
-        url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-    try:
-        request = urllib.request.Request(url, data=body, method="POST", headers=headers)
-        with urllib.request.urlopen(request, timeout=channel.timeout) as response:
-            return int(response.status)
-    except (ValueError, http.client.InvalidURL):  # a malformed URL: its text (maybe a secret) is never repeated
-        raise AlertDeliveryError(f"{channel.describe()} is not a valid webhook URL; the alert {alert.subject!r} was "
-                                 f"only logged; fix the connection reconciler_alerts") from None
-    except urllib.error.HTTPError as exc:
-        raise AlertDeliveryError(f"{channel.describe()} answered HTTP {exc.code} to the alert "
-                                 f"{alert.subject!r}; check the webhook URL in connection reconciler_alerts") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise AlertDeliveryError(f"{channel.describe()} is unreachable ({reason}); the alert {alert.subject!r} was "
-                                 f"only logged") from None
-
-
-def build_email(channel: EmailChannel, alert: Alert) -> EmailMessage:
-    message = EmailMessage()
-    message["Subject"] = f"[reconciler] {alert.subject}"
-    message["From"] = channel.sender
-    message["To"] = ", ".join(channel.recipients)
-    details = "\n".join(f"  {key}: {value}" for key, value in sorted(alert.details.items()))
-    message.set_content(f"{alert.text}\n\n{details}\n" if details else f"{alert.text}\n")
-    return message
-
-
-def send_email(channel: EmailChannel, alert: Alert) -> None:
-    """Mail ``alert``; raise :class:`AlertDeliveryError` when the server refuses or cannot be reached."""
-    message = build_email(channel, alert)
-    try:
-        smtp: smtplib.SMTP
-        if channel.use_ssl:
-            smtp = smtplib.SMTP_SSL(channel.host, channel.port, timeout=channel.timeout,
-                                    context=ssl.create_default_context())
-        else:
-            smtp = smtplib.SMTP(channel.host, channel.port, timeout=channel.timeout)
-        with smtp:
-            if channel.starttls:
-                smtp.starttls(context=ssl.create_default_context())
-            if channel.username:
-                smtp.login(channel.username, channel.password or "")
-            smtp.send_message(message)
-    except (smtplib.SMTPException, OSError) as exc:
-        raise AlertDeliveryError(f"{channel.describe()} refused or could not take the alert {alert.subject!r}: "
-                                 f"{exc}") from None
-
-
-def deliver(alert: Alert, channel: Channel) -> None:
-    """Send ``alert`` over ``channel``."""
-    if isinstance(channel, WebhookChannel):
-        post_webhook(channel, alert)
-    else:
-        send_email(channel, alert)

@@ -113,3 +113,8 @@ class UnknownEntryKindError(InvalidOperationError):
     """Raised when a ledger entry's kind is not in the list of entry kinds (unknown, with surrounding
     whitespace, or longer than the list allows); the message lists the allowed kinds and where to add one,
     and nothing is written."""
+
+
+class FourEyesError(ReconcilerError):
+    """Raised when a correction above the auto-correct limit would be approved by the person who proposed it
+    (triggered the run that sent it to review), or by someone outside the configured approvers."""

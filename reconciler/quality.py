@@ -50,7 +50,8 @@ import psycopg
 from sqlalchemy import Connection, Engine, delete, insert, select, text
 from sqlalchemy.engine import URL
 
-from reconciler.config import reports_dir
+from reconciler import report_store
+from reconciler.data_docs import make_offline
 from reconciler.db import read_only_url, reading
 from reconciler.entry_kinds import EntryKinds, load_entry_kinds
 from reconciler.errors import InvalidOperationError, RunNotFoundError
@@ -90,7 +91,7 @@ class ExpectationOutcome:
     window: Mapping[str, Any] | None = None
     error: str | None = None
 
-    def details(self, data_docs: Path | None) -> dict[str, Any]:
+    def details(self, data_docs: Path | str | None) -> dict[str, Any]:
         """The JSON stored in ``quality_results.details``."""
         return {"severity": self.severity, "observed": self.observed, "description": self.description,
                 "sample": [dict(row) for row in self.sample], "scope": self.scope,
@@ -107,7 +108,8 @@ class QualitySummary:
 
     evaluated: int
     failed: int
-    data_docs_path: Path | None = None
+    #: The Data Docs index: a local path, or a URL in the report store (RECONCILER_REPORTS_URL).
+    data_docs_path: Path | str | None = None
     warnings: int = 0
     outcomes: tuple[ExpectationOutcome, ...] = ()
     seconds: float = 0.0
@@ -312,18 +314,14 @@ def gx_connection_string(url: URL) -> str:
     return target.render_as_string(hide_password=False)
 
 
-def default_out_dir(run_id: int) -> Path:
-    return reports_dir() / f"run-{run_id}"
-
-
 def check_run_quality(engine: Engine, run_id: int, out_dir: Path | None = None, *,
                       full: bool = False, read_engine: Engine | None = None,
                       ready: Callable[[], None] | None = None) -> QualitySummary:
     """Run every suite for ``run_id`` through GX (ephemeral context), build Data Docs into
-    ``<out_dir>/data_docs`` (default: the run's report folder) and store one result row per expectation.
-    ``full`` makes the incremental checks read the whole ledger history (slow on a large ledger). The suites
-    read on ``read_engine`` (default ``engine``), in read-only sessions; only the results are written, on
-    ``engine``. Without a separate ``read_engine``, each expectation's SQL runs once
+    ``<out_dir>/data_docs`` (default: the run's folder in the report store, RECONCILER_REPORTS_URL) and store one
+    result row per expectation. ``full`` makes the incremental checks read the whole ledger history (slow on a
+    large ledger). The suites read on ``read_engine`` (default ``engine``), in read-only sessions; only the
+    results are written, on ``engine``. Without a separate ``read_engine``, each expectation's SQL runs once
     (:func:`stage_unexpected_rows`); with one, GX runs it on the read side itself (count, then rows).
 
     ``ready`` (a blocking call) splits the check in two: the suites that do not read the run's own results
@@ -334,15 +332,27 @@ def check_run_quality(engine: Engine, run_id: int, out_dir: Path | None = None, 
     reader = read_engine or engine
     with reading(reader) as conn:
         values = read_run_values(conn, run_id, full=full)
-    docs_dir = (out_dir or default_out_dir(run_id)) / DATA_DOCS_DIR
-    outcomes = run_suites(gx_connection_string(read_only_url(reader.url)), specs, values, docs_dir,
-                          engine=engine if read_engine is None else None, ready=ready)
+    gx_url = gx_connection_string(read_only_url(reader.url))
+    stage_on = engine if read_engine is None else None
+    index: Path | str
+    if out_dir is not None:
+        docs_dir = out_dir / DATA_DOCS_DIR
+        outcomes = run_suites(gx_url, specs, values, docs_dir, engine=stage_on, ready=ready)
+        docs_location: Path | str = docs_dir
+        index = docs_dir / "index.html"
+    else:  # the report store (RECONCILER_REPORTS_URL): the same place whichever worker runs this step
+        location = report_store.run_location(run_id, DATA_DOCS_DIR)
+        with report_store.staged(location, replace=True) as docs_dir:
+            outcomes = run_suites(gx_url, specs, values, docs_dir, engine=stage_on, ready=ready)
+        local = report_store.is_local(location)
+        docs_location = docs_dir if local else location
+        index = docs_dir / "index.html" if local else f"{location}/index.html"
     with engine.begin() as conn:
-        store_outcomes(conn, run_id, outcomes, docs_dir, values.checked_at)
+        store_outcomes(conn, run_id, outcomes, docs_location, values.checked_at)
     failed = [o for o in outcomes if not o.success]
     critical = sum(1 for o in failed if o.severity == "critical")
     return QualitySummary(evaluated=len(outcomes), failed=critical, warnings=len(failed) - critical,
-                          data_docs_path=docs_dir / "index.html", outcomes=tuple(outcomes),
+                          data_docs_path=index, outcomes=tuple(outcomes),
                           seconds=round(time.monotonic() - started, 3))
 
 
@@ -551,6 +561,7 @@ def run_suites(connection_string: str, specs: Sequence[SuiteSpec], values: RunVa
             source.get_engine().dispose()
             if engine is not None and staged:
                 clear_staged(engine, check_key)
+        make_offline(docs_dir)  # GX's pages load their CSS and scripts from CDNs: serve installed copies
     outcomes: list[ExpectationOutcome] = []
     for suite_result in (r for result in run_results for r in result.run_results.values()):
         for item in suite_result.results:
@@ -608,7 +619,7 @@ def _json_safe(row: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k): v if isinstance(v, int | str | bool) or v is None else str(v) for k, v in row.items()}
 
 
-def store_outcomes(conn: Connection, run_id: int, outcomes: Sequence[ExpectationOutcome], docs_dir: Path,
+def store_outcomes(conn: Connection, run_id: int, outcomes: Sequence[ExpectationOutcome], docs_dir: Path | str,
                    evaluated_at: dt.datetime) -> None:
     """Replace the run's stored results with ``outcomes`` (call inside one transaction)."""
     conn.execute(delete(quality_results).where(quality_results.c.run_id == run_id))

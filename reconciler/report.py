@@ -22,8 +22,8 @@ from sqlalchemy import Connection, Engine, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import BigInteger
 
+from reconciler import report_store
 from reconciler.audit import read_head
-from reconciler.config import reports_dir
 from reconciler.errors import RunNotFoundError
 from reconciler.money import ZERO, format_money
 from reconciler.report_model import (
@@ -59,34 +59,44 @@ CSV_COLUMNS = ("customer_id", "stored_balance", "ledger_sum", "drift", "abs_drif
                "task_id", "task_status", "policy", "opened_at", "resolved_at")
 
 
-def default_report_dir(run_id: int) -> Path:
-    return reports_dir() / f"run-{run_id}"
-
-
 def build_run_report(engine: Engine, run_id: int, out_dir: Path | None = None, *,
                      now: dt.datetime | None = None, top: int = DEFAULT_TOP_DRIFTS,
-                     trend_runs: int = DEFAULT_TREND_RUNS, book_now: bool = False) -> Path:
-    """Write ``report.html``, ``tasks.csv`` and ``summary.json`` for ``run_id`` into ``out_dir`` (default
-    ``reports_dir()/run-N``) and return that folder. Raises :class:`RunNotFoundError` for an unknown run.
-    The scope's tie-out comes from the run's own comparison snapshots; ``book_now`` adds the scope as it
-    stands now (a second pass over the ledger)."""
-    target = Path(out_dir) if out_dir is not None else default_report_dir(run_id)
-    target.mkdir(parents=True, exist_ok=True)
+                     trend_runs: int = DEFAULT_TREND_RUNS, book_now: bool = False) -> Path | str:
+    """Write ``report.html``, ``tasks.csv`` and ``summary.json`` for ``run_id`` into ``out_dir``, or by default
+    into the run's folder in the report store (``RECONCILER_REPORTS_URL``, a local folder unless set), and
+    return that folder (a ``Path`` when local, the URL otherwise). Raises :class:`RunNotFoundError` for an
+    unknown run. The scope's tie-out comes from the run's own comparison snapshots; ``book_now`` adds the
+    scope as it stands now (a second pass over the ledger)."""
+    if out_dir is not None:
+        target = Path(out_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        _write_report(engine, run_id, target, None, now=now, top=top, trend_runs=trend_runs,
+                      book_now=book_now)
+        return target
+    location = report_store.run_location(run_id)
+    with report_store.staged(location) as target:
+        _write_report(engine, run_id, target, location, now=now, top=top, trend_runs=trend_runs,
+                      book_now=book_now)
+    return target if report_store.is_local(location) else location
+
+
+def _write_report(engine: Engine, run_id: int, target: Path, location: str | None, *, now: dt.datetime | None,
+                  top: int, trend_runs: int, book_now: bool = False) -> None:
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
         conn.execute(text("set transaction read only"))
         moment = now or conn.execute(text("select now()")).scalar_one()
-        docs = _data_docs_href(conn, run_id, target)
+        docs = _data_docs_href(conn, run_id, target, location)
         inp = fetch_report_input(conn, run_id, moment, top=top, trend_runs=trend_runs, data_docs_href=docs,
                                  book_now=book_now)
         write_tasks_csv(conn, run_id, target / CSV_NAME)
     model = build_report_model(inp)
     (target / JSON_NAME).write_text(json.dumps(model.to_json(), indent=2) + "\n")
     (target / HTML_NAME).write_text(render_html(model), encoding="utf-8")
-    return target
 
 
-def report_html_path(folder: Path) -> Path:
-    return folder / HTML_NAME
+def report_html_path(folder: Path | str) -> Path | str:
+    """The report page in a folder (a local path) or in the report store (a URL)."""
+    return folder / HTML_NAME if isinstance(folder, Path) else f"{folder.rstrip('/')}/{HTML_NAME}"
 
 
 # ---- reading (one snapshot) ----------------------------------------------------------------------------------
@@ -324,15 +334,19 @@ def write_tasks_csv(conn: Connection, run_id: int, path: Path) -> None:
             writer.writerow(["" if v is None else v.isoformat() if isinstance(v, dt.datetime) else v for v in row])
 
 
-def _data_docs_href(conn: Connection, run_id: int, target: Path) -> str | None:
-    """A relative link to the run's Data Docs inside ``target``; docs built elsewhere (quality's default
-    folder) are copied in so the report folder stays self-contained."""
+def _data_docs_href(conn: Connection, run_id: int, target: Path, location: str | None = None) -> str | None:
+    """A relative link to the run's Data Docs inside ``target`` (or, for a report in a remote store, beside it at
+    ``location``); local docs built elsewhere are copied in so the report folder stays self-contained."""
     index = target / DATA_DOCS_DIR / "index.html"
+    if location is not None and not report_store.is_local(location):
+        remote = report_store.exists(f"{location}/{DATA_DOCS_DIR}/index.html")
+        return f"{DATA_DOCS_DIR}/index.html" if remote else None
     if not index.exists():
         stored = conn.execute(text("""
             select details ->> 'data_docs' from reconciler.quality_results
             where run_id = :run and details ? 'data_docs' order by id desc limit 1"""), {"run": run_id}).scalar()
-        if stored and (Path(stored) / "index.html").exists() and Path(stored).resolve() != index.parent.resolve():
+        if (stored and report_store.is_local(stored) and (Path(stored) / "index.html").exists()
+                and Path(stored).resolve() != index.parent.resolve()):
             shutil.copytree(stored, target / DATA_DOCS_DIR, dirs_exist_ok=True)
     return f"{DATA_DOCS_DIR}/index.html" if index.exists() else None
 

@@ -16,4 +16,4 @@ os.environ["RECONCILER_HOME"] = str(_RUN_DIR / "home")
 os.environ.pop("RECONCILER_DATABASE_URL", None)
 os.environ.pop("RECONCILER_READ_DATABASE_URL", None)
 
-pytest_plugins = ["tests.fix_db", "tests.fix_steps", "tests.fix_http", "tests.fix_roles"]
+pytest_plugins = ["tests.fix_db", "tests.fix_steps", "tests.fix_http", "tests.fix_roles", "tests.fix_hitl"]

@@ -8,19 +8,24 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
-from enum import IntEnum
-from typing import TYPE_CHECKING, Any, NoReturn
+from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 if TYPE_CHECKING:  # SQLAlchemy is imported by the commands that reach the database, not at start-up
     from sqlalchemy import Engine
 
+#: Shown at the end of `reconciler --help` (DESIGN.md's public exit codes).
+EXIT_CODES_HELP = ("Exit codes: 0 clean; 1 unresolved drift remains; 2 usage or input error (nothing written); "
+                   "3 run failed or halted, or the database is unreachable.")
+
 #: Plain help text: typer's rich formatting imports rich (about 0.2 s) and renders slowly; ``--help`` stays
 #: under 0.3 s without it (bench/README.md, CLI start-up).
 _PLAIN: dict[str, Any] = {"rich_markup_mode": None, "pretty_exceptions_enable": False}
 app = typer.Typer(no_args_is_help=True, add_completion=False, **_PLAIN,
-                  help="Find, explain and correct drift between cached balances and the ledger.")
+                  help="Find, explain and correct drift between cached balances and the ledger.",
+                  epilog=EXIT_CODES_HELP)
 db_app = typer.Typer(no_args_is_help=True, **_PLAIN, help="The ledger database: migrations, embedded server.")
 demo_app = typer.Typer(no_args_is_help=True, **_PLAIN, help="Demo data with planted drift.")
 tasks_app = typer.Typer(no_args_is_help=True, **_PLAIN, help="Reconciliation tasks: list and resolve.")
@@ -38,6 +43,53 @@ class ExitCode(IntEnum):
     DRIFT_REMAINS = 1
     USAGE = 2
     FAILED = 3
+
+
+class Policy(StrEnum):
+    """How a correction is made (``--policy``): typer lists the members in ``--help``."""
+
+    LEDGER = "ledger"
+    BALANCE = "balance"
+
+
+class Action(StrEnum):
+    """What ``tasks resolve`` does with a task (``--action``)."""
+
+    CORRECT = "correct"
+    DISMISS = "dismiss"
+
+
+class TaskStatus(StrEnum):
+    """A task's status (``tasks list --status``); the same values as ``reconciler.schema.TASK_STATUSES``."""
+
+    OPEN = "open"
+    NEEDS_REVIEW = "needs_review"
+    CORRECTED = "corrected"
+    DISMISSED = "dismissed"
+
+
+def package_version() -> str:
+    """The installed ``reconciler`` distribution's version."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("reconciler")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"reconciler {package_version()}")
+        raise typer.Exit(int(ExitCode.CLEAN))
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Find, explain and correct drift between cached balances and the ledger."""
 
 
 def json_default(value: object) -> Any:

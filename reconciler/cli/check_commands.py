@@ -27,7 +27,8 @@ def next_step(customer_id: int, ok: bool) -> str:
             f"the balance core (add --dry-run to only record it); `reconciler tasks list` shows open tasks")
 
 
-@app.command("check")
+@app.command("check", epilog="Exit codes: 0 the balance agrees with the ledger; 1 it drifts; 2 unknown customer or "
+                            "bad input; 3 the database is unreachable.")
 def check(
     customer_id: int = typer.Argument(..., help="The customer id to check."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (decimals as strings)."),

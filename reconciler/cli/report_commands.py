@@ -22,12 +22,12 @@ from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 @app.command("report")
 def report(
     run: Annotated[int | None, typer.Option("--run", help="The run to report (default: the latest run).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Folder to write into (default: "
-                                                          ".reconciler/reports/run-N).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder to write into (default: run-N in "
+                                                          "RECONCILER_REPORTS_URL, else .reconciler/reports).")] = None,
     book_now: Annotated[bool, typer.Option("--book-now", help="Also tie out the whole scope as it stands now "
                                                               "(one more pass over the ledger).")] = False,
 ) -> None:
-    """Build the finance report of a run and print the path of its HTML file."""
+    """Build the finance report of a run and print where its HTML file is (a path or a URL)."""
     from reconciler.report import build_run_report, report_html_path  # noqa: PLC0415
 
     try:

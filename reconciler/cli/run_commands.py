@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.cli.app import ExitCode, app, emit_json, fail, open_engine, open_read_engine
+from reconciler.cli.app import EXIT_CODES_HELP, ExitCode, Policy, app, emit_json, fail, open_engine, open_read_engine
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 if TYPE_CHECKING:
@@ -58,14 +58,14 @@ _HELP = {
 }
 
 
-@app.command("run")
+@app.command("run", epilog=EXIT_CODES_HELP)
 def run(
     tolerance: Annotated[str, typer.Option(metavar="AMOUNT", help=_HELP["tolerance"])] = TOLERANCE,
     chunk_size: Annotated[str, typer.Option(metavar="N", help=_HELP["chunk_size"])] = str(CHUNK_SIZE),
     from_id: Annotated[str | None, typer.Option(metavar="ID", help=_HELP["from_id"])] = None,
     to_id: Annotated[str | None, typer.Option(metavar="ID", help=_HELP["to_id"])] = None,
     customer_ids: Annotated[str | None, typer.Option(metavar="IDS", help=_HELP["customer_ids"])] = None,
-    policy: Annotated[str, typer.Option(metavar="ledger|balance", help=_HELP["policy"])] = "ledger",
+    policy: Annotated[Policy, typer.Option(help=_HELP["policy"])] = Policy.LEDGER,
     auto_correct: Annotated[bool, typer.Option("--auto-correct/--no-auto-correct",
                                                help=_HELP["auto_correct"])] = True,
     auto_correct_limit: Annotated[str, typer.Option(metavar="AMOUNT", help=_HELP["auto_correct_limit"])]
@@ -82,7 +82,7 @@ def run(
 
     params: dict[str, object] = {
         "tolerance": tolerance, "chunk_size": chunk_size, "from_id": from_id, "to_id": to_id,
-        "customer_ids": customer_ids, "policy": policy, "auto_correct": auto_correct,
+        "customer_ids": customer_ids, "policy": policy.value, "auto_correct": auto_correct,
         "auto_correct_limit": auto_correct_limit, "max_drift_ratio": max_drift_ratio, "dry_run": dry_run,
         "workers": workers,
     }
@@ -101,6 +101,9 @@ def run(
             summary = run_reconciliation(engine, options, trigger="cli", progress=progress, read_engine=read_engine)
         finally:
             close()
+        from reconciler.approvals import current_user, record_trigger_user  # noqa: PLC0415
+
+        record_trigger_user(engine, summary.run_id, current_user())  # the proposer, for the four-eyes rule
         if json_output:
             emit_json(summary.to_json())
         else:

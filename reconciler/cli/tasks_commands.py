@@ -7,9 +7,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reconciler.cli.app import ExitCode, emit_json, exits_when_database_lost, fail, open_engine, tasks_app
+from reconciler.cli.app import (
+    Action,
+    ExitCode,
+    Policy,
+    TaskStatus,
+    emit_json,
+    exits_when_database_lost,
+    fail,
+    open_engine,
+    tasks_app,
+)
 from reconciler.errors import DatabaseUnavailableError, ReconcilerError
-from reconciler.vocabulary import POLICIES, TASK_STATUSES
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -17,12 +26,11 @@ if TYPE_CHECKING:
     from reconciler.correction_executor import Resolved
     from reconciler.tasks import TaskView
 
-ACTIONS = ("correct", "dismiss")
 #: Columns when stdout is not a terminal (rich would assume 80 and squeeze the table).
 WIDE = 160
 DEFAULT_LIMIT = 100
 _HELP = {
-    "status": f"Only this status: {', '.join(TASK_STATUSES)}.",
+    "status": "Only tasks in this status.",
     "run": "Only tasks this run opened or last saw drifting.",
     "action": "correct: correct it through the balance core (re-verified under the row lock); dismiss: close it "
               "without changing anything.",
@@ -39,15 +47,13 @@ def _engine() -> Engine:
 
 @tasks_app.command("list")
 def list_command(
-    status: Annotated[str | None, typer.Option(metavar="STATUS", help=_HELP["status"])] = None,
+    status: Annotated[TaskStatus | None, typer.Option(help=_HELP["status"])] = None,
     run: Annotated[str | None, typer.Option("--run", metavar="RUN_ID", help=_HELP["run"])] = None,
     limit: Annotated[int | None, typer.Option(metavar="N", help=f"At most this many, newest first (table default "
                                                    f"{DEFAULT_LIMIT}; --json default all).", min=1)] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """List reconciliation tasks, newest first."""
-    if status is not None and status not in TASK_STATUSES:
-        fail(f"--status must be one of {', '.join(TASK_STATUSES)}, got {status!r}", ExitCode.USAGE)
     if run is not None and not run.strip().isdigit():
         fail(f"--run must be a run id (a whole number), got {run!r}", ExitCode.USAGE)
     run_id = int(run) if run is not None else None
@@ -60,8 +66,9 @@ def list_command(
             if run_id is not None:
                 get_run(conn, run_id)
             shown = limit if limit is not None or json_output else DEFAULT_LIMIT
-            rows = list_tasks(conn, status=status, run_id=run_id, limit=shown)
-            total = count_tasks(conn, status=status, run_id=run_id)
+            wanted = status.value if status is not None else None
+            rows = list_tasks(conn, status=wanted, run_id=run_id, limit=shown)
+            total = count_tasks(conn, status=wanted, run_id=run_id)
     except ReconcilerError as exc:
         fail(str(exc), ExitCode.USAGE)
     finally:
@@ -69,7 +76,7 @@ def list_command(
     if json_output:
         emit_json({"count": total, "tasks": [task.to_json() for task in rows]})
         return
-    _print_table(rows, total, status, run_id)
+    _print_table(rows, total, wanted, run_id)
 
 
 def _print_table(rows: list[TaskView], total: int, status: str | None, run: int | None) -> None:
@@ -99,34 +106,35 @@ def _print_table(rows: list[TaskView], total: int, status: str | None, run: int 
         console.print(f"showing {len(rows)} of {total}; use --limit N or --json for more")
 
 
-@tasks_app.command("resolve")
+@tasks_app.command("resolve", epilog="Exit codes: 0 resolved; 2 bad input, unknown or already resolved task, or an "
+                   "approver who may not approve it; 3 the correction was deferred (row locked: try again) or the "
+                   "database is unreachable.")
 def resolve_command(
     task_id: Annotated[str, typer.Argument(help="The task to resolve (its id).")],
-    action: Annotated[str, typer.Option(metavar="correct|dismiss", help=_HELP["action"])],
-    by: Annotated[str, typer.Option(metavar="NAME", help="Who approves (recorded in the audit trail).")],
+    action: Annotated[Action, typer.Option(help=_HELP["action"])],
+    by: Annotated[str, typer.Option(metavar="NAME", help="Who approves (recorded in the audit trail). Correcting a "
+                                                         "task above the auto-correct limit needs a person other "
+                                                         "than the one who triggered its run (four eyes).")],
     note: Annotated[str, typer.Option(metavar="TEXT", help="Why (recorded in the audit trail).")],
-    policy: Annotated[str, typer.Option(metavar="ledger|balance", help=_HELP["policy"])] = "ledger",
+    policy: Annotated[Policy, typer.Option(help=_HELP["policy"])] = Policy.LEDGER,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Resolve an open or needs_review task by hand: correct it or dismiss it, with who and why."""
     if not task_id.strip().isdigit():
         fail(f"TASK_ID must be a task id (a whole number, see `reconciler tasks list`), got {task_id!r}",
              ExitCode.USAGE)
-    if action not in ACTIONS:
-        fail(f"--action must be one of {', '.join(ACTIONS)}, got {action!r}", ExitCode.USAGE)
-    if policy not in POLICIES:
-        fail(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}", ExitCode.USAGE)
     if not by.strip():
         fail("--by must name who approves, got an empty value", ExitCode.USAGE)
     if not note.strip():
         fail("--note must say why, got an empty value", ExitCode.USAGE)
-    from reconciler.correction_executor import resolve_task  # noqa: PLC0415
+    from reconciler.approvals import resolve_with_four_eyes  # noqa: PLC0415
 
     engine = _engine()
     try:
         with exits_when_database_lost(engine, f"resolving task {task_id} (a correction re-verifies under the "
                                               f"row lock and is keyed by the task, so it applies at most once)"):
-            resolved = resolve_task(engine, int(task_id), action, by, note, policy)
+            # Above the auto-correct limit, --by must name someone other than the person who triggered the run.
+            resolved = resolve_with_four_eyes(engine, int(task_id), action.value, by, note, policy.value)
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)
     except ReconcilerError as exc:

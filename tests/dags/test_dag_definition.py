@@ -53,13 +53,14 @@ def _probe(tmp_path: Path) -> dict[str, Any]:
 
 
 def test_dag_files_parse_without_databases_connections_or_heavy_imports(tmp_path: Path) -> None:
-    """Both DAGs load with no import error while every database is unreachable; parsing opens no socket, looks
-    up no connection or variable, imports of reconciler only the light modules holding the Params' bounds (no
-    engine, no database module) and nothing heavy. How long it takes is a figure of `make bench` (bench/dags.py),
-    not an assertion: wall clock on a shared machine is not a correctness property."""
+    """The DAGs (and the example consumer) load with no import error while every database is unreachable;
+    parsing opens no socket, looks up no connection or variable, imports of reconciler only the light modules
+    holding the Params' bounds (no engine, no database module) and nothing heavy. How long it takes is a figure
+    of `make bench` (bench/dags.py), not an assertion: wall clock on a shared machine is not a correctness
+    property."""
     report = _probe(tmp_path)
     assert report["import_errors"] == {}
-    assert report["dag_ids"] == ["ledger_reconciliation", "ledger_reconciliation_watchdog"]
+    assert report["dag_ids"] == ["finance_export", "ledger_reconciliation", "ledger_reconciliation_watchdog"]
     assert report["events"] == [] and report["lookups"] == []
     touched = [name for name in report["new_modules"]
                if (name == "reconciler" or name.startswith("reconciler.") or name.startswith(HEAVY_MODULES))
@@ -96,7 +97,7 @@ def test_reconciliation_dag_is_configured_as_agreed(dagbag: Any) -> None:
     assert {"reconciler", "finance"} <= set(dag.tags)
     assert [t.task_id for t in dag.topological_sort()] == [
         "start_run", "plan_chunks", "compare_chunk", "check_quality", "open_tasks", "apply_corrections",
-        "finish_run", "build_report", "send_alerts"]
+        "review_corrections", "apply_review", "finish_run", "build_report", "send_alerts"]
 
 
 def test_compare_is_mapped_in_the_ledger_pool_with_backoff(dagbag: Any) -> None:
@@ -105,20 +106,27 @@ def test_compare_is_mapped_in_the_ledger_pool_with_backoff(dagbag: Any) -> None:
     compare = dag.get_task("compare_chunk")
     assert type(compare).__name__.endswith("MappedOperator")
     assert compare.pool == "ledger_db" and compare.retries >= 3
-    assert compare.partial_kwargs.get("retry_exponential_backoff", compare.retry_exponential_backoff)
+    assert compare.partial_kwargs.get("retry_exponential_backoff", compare.retry_exponential_backoff) == 2.0
     assert dag.get_task("check_quality").trigger_rule == "none_failed"
 
 
-def test_every_task_marks_the_run_failed_and_alerts_on_failure(dagbag: Any) -> None:
-    """Each task of both DAGs has failure callbacks (mark the run failed where there is a run, and notify)."""
-    for dag_id in ("ledger_reconciliation", "ledger_reconciliation_watchdog"):
-        for task in dagbag.dags[dag_id].tasks:
-            callbacks = task.on_failure_callback
-            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-            names = {getattr(cb, "__name__", type(cb).__name__) for cb in callbacks}
-            assert "ReconcilerNotifier" in names, (dag_id, task.task_id)
-            if dag_id == "ledger_reconciliation":
-                assert "mark_run_failed" in names, task.task_id
+def test_failures_mark_the_run_failed_and_alert_once_per_dag_run(dagbag: Any) -> None:
+    """Every task of the reconciliation DAG marks the run failed when it fails, but none alerts on its own: the
+    last task, send_alerts, runs whatever happened (all_done, no retry) and alerts once per DAG run. The
+    watchdog (one task) alerts from its failure callback."""
+    dag = dagbag.dags["ledger_reconciliation"]
+    for task in dag.tasks:
+        callbacks = task.on_failure_callback
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        names = {getattr(cb, "__name__", type(cb).__name__) for cb in callbacks}
+        assert names == {"mark_run_failed"}, task.task_id
+    alerts = dag.get_task("send_alerts")
+    assert alerts.trigger_rule == "all_done" and alerts.retries == 0
+    assert [t.task_id for t in dag.tasks if not t.downstream_list] == ["send_alerts"]
+    for task in dagbag.dags["ledger_reconciliation_watchdog"].tasks:
+        callbacks = task.on_failure_callback
+        assert {type(cb).__name__ for cb in (callbacks if isinstance(callbacks, list) else [callbacks])} == {
+            "ReconcilerNotifier"}
 
 
 def test_params_are_typed_and_documented(dagbag: Any) -> None:
@@ -205,3 +213,48 @@ def test_run_types_map_to_triggers(dagbag: Any) -> None:
 
     assert [trigger_of(t) for t in ("scheduled", "backfill", "manual", "asset_triggered", "operator_triggered")] == [
         "scheduled", "scheduled", "manual", "manual", "manual"]
+
+
+def test_airflowignore_keeps_the_helper_modules_out_of_parsing(dagbag: Any) -> None:
+    """dags/.airflowignore: the DAG processor lists the DAG files only, never the helper modules."""
+    from airflow.utils.file import list_py_file_paths
+
+    listed = sorted(Path(path).relative_to(DAGS_FOLDER).as_posix() for path in list_py_file_paths(DAGS_FOLDER))
+    assert not [path for path in listed if Path(path).name.startswith("reconciler_")], listed
+    assert {"ledger_reconciliation.py", "ledger_reconciliation_watchdog.py"} <= set(listed)
+
+
+def test_runs_emit_balances_reconciled_and_the_example_consumes_it(dagbag: Any) -> None:
+    """build_report has the asset reconciler://ledger/balances as outlet, compare_chunk reads the ledger's
+    tables as inlets (OpenLineage's datasets), and the example finance export is scheduled on that asset and
+    picks the newest succeeded run's metadata from its triggering events."""
+    dag = dagbag.dags["ledger_reconciliation"]
+    assert [a.uri for a in dag.get_task("build_report").outlets] == ["reconciler://ledger/balances"]
+    assert [a.uri for a in dag.get_task("compare_chunk").partial_kwargs.get("inlets", [])] == [
+        "reconciler://ledger/customers", "reconciler://ledger/customer_ledger_entries"]
+    consumer = dagbag.dags["finance_export"]
+    assert [a.uri for a in consumer.timetable.asset_condition.objects] == ["reconciler://ledger/balances"]
+    from examples.finance_export import latest_reconciled
+
+    class Event:
+        def __init__(self, **extra: object) -> None:
+            self.extra = extra
+
+    assert latest_reconciled([Event(run_id=1, status="succeeded"), Event(run_id=2, status="halted")]) == {
+        "run_id": 1, "status": "succeeded"}
+    assert latest_reconciled([Event(run_id=2, status="halted")]) is None
+
+
+def test_review_step_is_a_hitl_operator_with_a_timeout(dagbag: Any) -> None:
+    """review_corrections is the standard provider's HITL operator (approve all / selected / reject, Reject by
+    default on timeout), with a response timeout and the two form fields; apply_review runs when it is
+    skipped (no task awaiting review)."""
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    dag = dagbag.dags["ledger_reconciliation"]
+    review = dag.get_task("review_corrections")
+    assert isinstance(review, HITLOperator)
+    assert review.options == ["Approve all", "Approve selected", "Reject"] and review.defaults == ["Reject"]
+    assert review.response_timeout == dt.timedelta(hours=12)
+    assert set(review.params.keys()) == {"task_ids", "note"}
+    assert dag.get_task("apply_review").trigger_rule == "none_failed"

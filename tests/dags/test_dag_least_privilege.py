@@ -56,8 +56,8 @@ def test_read_only_steps_run_on_the_replica_login_and_no_password_leaks(
     monkeypatch.setenv("RECONCILER_HOME", str(home))
     monkeypatch.setenv("AIRFLOW_CONN_LEDGER_DB", _airflow_uri(operator))
     monkeypatch.setenv("AIRFLOW_CONN_LEDGER_DB_REPLICA", _airflow_uri(reader))
-    monkeypatch.setenv("AIRFLOW_CONN_RECONCILER_ALERTS",
-                       webhook.url.replace("http://", f"http://finance:{HOOK_PASSWORD}@"))
+    monkeypatch.setenv("AIRFLOW_CONN_RECONCILER_ALERTS", json.dumps(
+        {"conn_type": "http", "host": webhook.url, "login": "finance", "password": HOOK_PASSWORD}))
 
     conf = {"chunk_size": 5, "alert_drift_above": "1.00", "max_drift_ratio": "1"}
     dag_run = dagbag.dags["ledger_reconciliation"].test(run_conf=conf)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import Engine, func, insert, select, text
@@ -13,7 +14,8 @@ from sqlalchemy.engine import URL
 
 from reconciler.schema import runs, tasks
 from tests.factories import cached_balance, entry_count, ledger_sum, seed_thirty_customers
-from tests.fix_http import Webhook
+from tests.fix_hitl import Responder
+from tests.fix_http import SMTPServer, Webhook, http_connection, smtp_connection
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +36,52 @@ def ledger(engine: Engine, db_url: URL, monkeypatch: pytest.MonkeyPatch) -> Engi
 @pytest.fixture
 def webhook(webhook: Webhook, monkeypatch: pytest.MonkeyPatch) -> Webhook:
     """The local webhook (tests/fix_http.py), configured as the Airflow connection ``reconciler_alerts``."""
-    monkeypatch.setenv("AIRFLOW_CONN_RECONCILER_ALERTS", webhook.url)
+    monkeypatch.setenv("AIRFLOW_CONN_RECONCILER_ALERTS", http_connection(webhook.url))
     return webhook
+
+
+class StatsRecorder:
+    """What Airflow's Stats sent, as ``(kind, stat, value, tags)``."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, object, dict[str, Any]]] = []
+
+    def mine(self) -> list[tuple[str, str, object, dict[str, Any]]]:
+        return [item for item in self.sent if item[1].startswith("reconciler.")]
+
+
+@pytest.fixture
+def stats(monkeypatch: pytest.MonkeyPatch) -> StatsRecorder:
+    """Airflow's Stats (airflow.sdk.observability.stats) sending to a recorder (in place of StatsD or
+    OpenTelemetry) for this test."""
+    from airflow.sdk._shared.observability.metrics import stats as stats_module
+    from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
+
+    recorder = StatsRecorder()
+
+    class Backend(NoStatsLogger):  # type: ignore[misc]
+        def incr(self, stat: str, count: int = 1, rate: float = 1, *, tags: Any = None) -> None:
+            recorder.sent.append(("incr", stat, count, dict(tags or {})))
+
+        def gauge(self, stat: str, value: float, rate: float = 1, delta: bool = False, *, tags: Any = None) -> None:
+            recorder.sent.append(("gauge", stat, value, dict(tags or {})))
+
+        def timing(self, stat: str, dt: Any, *, tags: Any = None) -> None:
+            recorder.sent.append(("timing", stat, dt, dict(tags or {})))
+
+    monkeypatch.setattr(stats_module, "_backend", Backend())
+    return recorder
+
+
+def _asset_events(uri: str) -> list[dict[str, Any]]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.execute(select(AssetEvent.extra, AssetEvent.source_task_id, AssetEvent.source_run_id)
+                               .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+                               .where(AssetModel.uri == uri).order_by(AssetEvent.id)).all()
+    return [{"extra": dict(extra or {}), "task": task, "run": run} for extra, task, run in rows]
 
 
 def _run(dagbag: Any, conf: dict[str, object] | None = None, dag_id: str = "ledger_reconciliation") -> Any:
@@ -58,10 +104,15 @@ def _task_rows(engine: Engine) -> list[Any]:
 
 
 def test_dag_run_finds_and_corrects_planted_drift_then_reruns_idempotently(dagbag: Any, ledger: Engine,
-                                                                          webhook: Webhook) -> None:
+                                                                          webhook: Webhook, stats: StatsRecorder,
+                                                                          reviewer: Responder) -> None:
     """A manual run with chunk_size 10 maps 3 compare tasks, corrects the two small drifts, sends the big one
     to review, records trigger 'manual' and, its drift being above alert_drift_above, alerts once yet stays
-    green; a second run opens no duplicate task and corrects nothing twice."""
+    green; it emits one "balances reconciled" asset event with its figures and report, and its metrics through
+    Airflow's Stats. A second run opens no duplicate task and corrects nothing twice."""
+    before = len(_asset_events("reconciler://ledger/balances"))
+    reviewer.answer("erin", "Reject", note="not before the bank confirms")
+    reviewer.answer("erin", "Reject", note="still waiting for the bank")
     conf = {"chunk_size": 10, "max_drift_ratio": "0.2", "alert_drift_above": "100.00"}
     dag_run = _run(dagbag, conf)
     states = _states(dag_run)
@@ -87,6 +138,22 @@ def test_dag_run_finds_and_corrects_planted_drift_then_reruns_idempotently(dagba
 
     assert [(a["json"]["kind"], a["json"]["details"]["total_abs_drift"]) for a in webhook.received] == [
         ("drift", "267.34")]
+    assert webhook.received[0]["json"]["links"]["report"] == run["outcome"]["report_path"]
+
+    events = _asset_events("reconciler://ledger/balances")[before:]
+    assert [(e["task"], e["run"]) for e in events] == [("build_report", dag_run.run_id)]
+    assert events[0]["extra"] == {
+        "run_id": run["id"], "status": "succeeded", "mode": "full", "customers_checked": CUSTOMERS, "drift_count": 3,
+        "total_abs_drift": "267.34", "corrected": 2, "needs_review": 1, "open": 0,
+        "report": run["outcome"]["report_path"]}
+    sent = {(kind, stat): value for kind, stat, value, tags in stats.mine()}
+    assert {stat for _, stat in sent} == {
+        "reconciler.run.drift_count", "reconciler.run.total_abs_drift", "reconciler.run.corrected",
+        "reconciler.run.needs_review", "reconciler.run.duration", "reconciler.run.finished",
+        "reconciler.run.corrections"}
+    assert sent[("gauge", "reconciler.run.total_abs_drift")] == 267.34
+    assert sent[("gauge", "reconciler.run.drift_count")] == 3 and sent[("incr", "reconciler.run.corrections")] == 2
+    assert all(tags == {"status": "succeeded"} for *_, tags in stats.mine())
 
     second = _run(dagbag, conf)
     assert second.state == "success", _states(second)
@@ -124,6 +191,37 @@ def test_failing_task_marks_the_run_failed(dagbag: Any, ledger: Engine) -> None:
     assert cached_balance(ledger, 5) - ledger_sum(ledger, 5) == PLANTED[5]
 
 
+def test_failed_mapped_chunks_send_one_alert_per_dag_run(dagbag: Any, ledger: Engine, webhook: Webhook,
+                                                         smtp_server: SMTPServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two of three mapped compare_chunk tasks fail (the database refuses their findings): the DAG run fails,
+    the reconciler run is failed, and exactly ONE alert goes to the webhook and ONE mail to the SMTP server,
+    with the run summary, the DAG run's link and the failed task's log link."""
+    monkeypatch.setenv("AIRFLOW_CONN_RECONCILER_SMTP", smtp_connection(smtp_server))
+    with ledger.begin() as conn:
+        conn.execute(text("""
+            create function refuse_finding() returns trigger language plpgsql as $$
+            begin if new.customer_id in (5, 29) then raise exception 'finding refused by test'; end if;
+            return new; end $$;
+            create trigger refuse_finding before insert on reconciler.findings
+            for each row execute function refuse_finding();"""))
+    dag_run = _run(dagbag, {"chunk_size": 10, "max_drift_ratio": "1"})
+    states = _states(dag_run)
+    assert dag_run.state == "failed"
+    assert sorted(i for (task, i), state in states.items() if task == "compare_chunk" and state == "failed") == [0, 2]
+    assert states[("send_alerts", -1)] == "failed"
+    [run] = _run_rows(ledger)
+    assert run["status"] == "failed" and "compare_chunk" in run["error"]
+    assert len(webhook.received) == 1, webhook.received
+    payload = webhook.received[0]["json"]
+    assert payload["kind"] == "failed" and payload["run_id"] == run["id"]
+    assert "customers checked" in payload["text"]
+    assert payload["links"]["run"].endswith(f"/dags/ledger_reconciliation/runs/{quote(dag_run.run_id, safe='')}")
+    assert "/tasks/compare_chunk/mapped/" in payload["links"]["log"]
+    assert len(smtp_server.messages) == 1
+    assert "Subject: [reconciler] Reconciliation run" in smtp_server.messages[0]
+
+
 def test_halted_run_alerts_the_webhook_and_turns_red(dagbag: Any, ledger: Engine, webhook: Webhook) -> None:
     """With max_drift_ratio 0.05 and 3 of 30 customers drifting (10%), corrections halt: nothing is corrected,
     the run is recorded halted (not failed), exactly one 'halted' alert reaches the webhook, the DAG run fails."""
@@ -155,3 +253,61 @@ def test_watchdog_alerts_when_no_run_succeeded(dagbag: Any, ledger: Engine, webh
     fresh = _run(dagbag, dag_id="ledger_reconciliation_watchdog")
     assert fresh.state == "success"
     assert len(webhook.received) == 1
+
+
+def _events(engine: Engine, customer: int) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        resolution = conn.execute(select(tasks.c.resolution).where(tasks.c.customer_id == customer)
+                                  .order_by(tasks.c.id.desc()).limit(1)).scalar_one()
+    return list(resolution["events"])
+
+
+def test_four_eyes_approval_in_the_airflow_ui(dagbag: Any, ledger: Engine, webhook: Webhook, reviewer: Responder,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run waits at review_corrections, whose form lists the task above the limit (customer, drift, cause).
+    The run's own trigger approving is refused: nothing corrected, the refusal audited, a 'review' alert. In the
+    next run, with RECONCILER_APPROVERS naming the trigger and erin, only erin is assigned: mallory's answer is
+    refused by the API (403), erin approves the selected task and it is corrected through the core with erin as
+    approver in its audit trail."""
+    conf = {"chunk_size": 10, "max_drift_ratio": "1", "alert_drift_above": None}
+    reviewer.answer("dag_test", "Approve all", note="my own run")
+    first = _run(dagbag, conf)
+    assert first.state == "success", _states(first)
+    form = reviewer.seen[0]
+    assert "approve 1 correction" in form["subject"] and "| 29 |" in form["body"] and "250.00" in form["body"]
+    assert form["options"] == ["Approve all", "Approve selected", "Reject"] and form["assigned_users"] == []
+    assert cached_balance(ledger, 29) - ledger_sum(ledger, 29) == PLANTED[29]
+    assert _events(ledger, 29)[-1]["action"] == "approval_refused" and _events(ledger, 29)[-1]["by"] == "dag_test"
+    [alert] = [a["json"] for a in webhook.received]
+    assert alert["kind"] == "review" and "refused" in alert["text"] and "nothing was corrected" in alert["text"]
+
+    monkeypatch.setenv("RECONCILER_APPROVERS", "dag_test, erin")
+    [task_29] = [row["id"] for row in _task_rows(ledger) if row["customer_id"] == 29]
+    reviewer.answer("mallory", "Approve all")
+    reviewer.answer("erin", "Approve selected", task_ids=[task_29], note="bank confirmed the missing credit")
+    second = _run(dagbag, conf)
+    assert second.state == "success", _states(second)
+    assert reviewer.seen[1]["assigned_users"] == [{"id": "erin", "name": "erin"}]
+    assert reviewer.errors and "mallory" in reviewer.errors[0]
+    assert cached_balance(ledger, 29) == ledger_sum(ledger, 29)
+    status = {row["customer_id"]: row["status"] for row in _task_rows(ledger)}
+    assert status[29] == "corrected"
+    correct = _events(ledger, 29)[-1]
+    assert (correct["action"], correct["by"], correct["values"]["approved_by"]) == ("correct", "erin", "erin")
+    assert correct["note"] == "bank confirmed the missing credit"
+    assert len(webhook.received) == 1
+
+
+def test_unanswered_review_corrects_nothing_and_alerts(dagbag: Any, ledger: Engine, webhook: Webhook,
+                                                       reviewer: Responder) -> None:
+    """When nobody answers before the response timeout (the scheduler's sweep takes the default), nothing is
+    corrected, each waiting task records the timeout, the run succeeds and the alert says nothing was
+    corrected."""
+    reviewer.answer(None)
+    dag_run = _run(dagbag, {"chunk_size": 10, "max_drift_ratio": "1", "alert_drift_above": None})
+    assert dag_run.state == "success", _states(dag_run)
+    assert cached_balance(ledger, 29) - ledger_sum(ledger, 29) == PLANTED[29]
+    assert _events(ledger, 29)[-1]["action"] == "review_timeout"
+    [alert] = [a["json"] for a in webhook.received]
+    assert alert["kind"] == "review" and "no answer within the approval timeout" in alert["text"]
+    assert alert["details"]["review"]["timed_out"] is True

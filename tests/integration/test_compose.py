@@ -19,7 +19,7 @@ CORE_SERVICES = {"airflow-db", "ledger-db", "airflow-init", "airflow-apiserver",
                  "airflow-dag-processor", "airflow-triggerer"}
 CELERY_SERVICES = {"redis", "airflow-worker"}
 #: Settings the README tells users they may add to the environment (not set by the compose file itself).
-OPTIONAL_ENVIRONMENT = {"AIRFLOW_CONN_RECONCILER_ALERTS"}
+OPTIONAL_ENVIRONMENT = {"AIRFLOW_CONN_RECONCILER_ALERTS", "AIRFLOW_CONN_RECONCILER_SMTP"}
 AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
                     "airflow-triggerer", "airflow-worker"}
 

@@ -79,6 +79,25 @@ def test_suites_pass_on_a_clean_ledger_and_results_are_stored(clean_ledger: Engi
     assert list((tmp_path / "data_docs" / "validations").rglob("*.html"))
 
 
+def test_data_docs_need_no_network(clean_ledger: Engine, tmp_path: Path) -> None:
+    """No Data Docs page loads a stylesheet or script from the internet; Bootstrap, jQuery and Font Awesome
+    are served from the site's own static/vendor copies (from the XStatic packages), by relative links."""
+    check_run_quality(clean_ledger, start_run(clean_ledger), tmp_path)
+    site = tmp_path / "data_docs"
+    pages = list(site.rglob("*.html"))
+    assert len(pages) >= 2
+    remote = re.compile(r"<(?:link|script)\b[^>]*(?:href|src)=[\"']https?://", re.IGNORECASE)
+    for page in pages:
+        html = page.read_text()
+        assert not remote.search(html), page
+        for local in re.findall(r"(?:href|src)=\"([^\"]*static/vendor/[^\"]+)\"", html):
+            assert (page.parent / local).resolve().is_file(), (page, local)
+    index = (site / "index.html").read_text()
+    assert 'href="static/vendor/bootstrap/css/bootstrap.min.css"' in index
+    assert 'src="static/vendor/jquery/jquery.min.js"' in index
+    assert (site / "static/vendor/font-awesome/webfonts/fa-solid-900.woff2").is_file()
+
+
 def test_each_planted_break_fails_its_expectation(engine: Engine, tmp_path: Path) -> None:
     """Drift, null balance, out-of-range balance, null amount, unknown kind, duplicate idempotency key, broken
     chain, orphan entry, two unresolved tasks, a corrected task without audit: each fails its own expectation,

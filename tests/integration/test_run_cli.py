@@ -190,3 +190,25 @@ def test_bad_resolve_input_exits_2_and_writes_nothing(ledger: Engine, args: list
     code, _, err = invoke("tasks", "resolve", *args)
     assert code == 2 and expected in err
     assert state(ledger) == before
+
+
+def test_four_eyes_on_the_command_line(ledger: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the auto-correct limit, the person who triggered the run cannot approve its correction: exit 2,
+    nothing written; someone else can, and --by is recorded. Below the limit the trigger may correct it."""
+    monkeypatch.setenv("RECONCILER_USER", "dana")
+    invoke("run", "--dry-run", "--max-drift-ratio", "1", "--auto-correct-limit", "100")
+    code, out, _ = invoke("tasks", "list", "--json")
+    by_customer = {t["customer_id"]: t["id"] for t in json.loads(out)["tasks"]}
+    big, small = by_customer[9], by_customer[4]
+    before = state(ledger)
+    code, _, err = invoke("tasks", "resolve", str(big), "--action", "correct", "--by", "Dana ", "--note", "mine")
+    assert code == 2 and "four eyes" in err and "'Dana '" in err
+    assert state(ledger) == before
+    code, out, err = invoke("tasks", "resolve", str(big), "--action", "correct", "--by", "erin", "--note", "checked",
+                            "--json")
+    assert code == 0, err
+    event = json.loads(out)["task"]["resolution"]["events"][-1]
+    assert (event["by"], event["values"]["approved_by"]) == ("erin", "erin")
+    code, _, err = invoke("tasks", "resolve", str(small), "--action", "correct", "--by", "dana", "--note", "small")
+    assert code == 0, err
+    assert cached_balance(ledger, 4) == ledger_sum(ledger, 4)

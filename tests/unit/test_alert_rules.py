@@ -13,13 +13,10 @@ from sqlalchemy.engine import make_url
 from reconciler.alerts import (
     DEFAULT_MAX_AGE,
     Alert,
-    EmailChannel,
-    WebhookChannel,
+    ReviewOutcome,
     alert_for_failure,
     alert_for_staleness,
     alert_for_summary,
-    build_email,
-    channel_from_connection,
     parse_drift_threshold,
 )
 from reconciler.connections import database_url_from_uri
@@ -119,7 +116,7 @@ def test_webhook_payload_is_json_with_text_first() -> None:
     alert = alert_for_summary(replace(Outcome(), status="halted"))
     assert alert is not None
     payload = alert.to_json()
-    assert payload["text"] == f"{alert.subject}\n{alert.text}"
+    assert payload["text"] == f"{alert.subject}\n{alert.text}" == alert.message()
     assert payload["kind"] == "halted" and payload["source"] == "reconciler" and payload["run_id"] == 7
     assert payload["details"]["total_abs_drift"] == "250.00"  # type: ignore[index]
 
@@ -134,41 +131,31 @@ def test_threshold_parsing() -> None:
         parse_drift_threshold(10.5)
 
 
-def test_webhook_channel_from_airflow_connection_fields() -> None:
-    """An http(s) connection's fields give back the URL; the description hides the path (it holds tokens)."""
-    channel = channel_from_connection("https", host="hooks.example.com", port=None, schema="services/T0/B0/XYZ")
-    assert channel == WebhookChannel(url="https://hooks.example.com/services/T0/B0/XYZ")
-    assert channel.describe() == "webhook https://hooks.example.com"
-    local = channel_from_connection("http", host="127.0.0.1", port=8099, schema="alerts", extra={"timeout": "2"})
-    assert local == WebhookChannel(url="http://127.0.0.1:8099/alerts", timeout=2.0)
-    assert channel_from_connection("http", host=None, extra={"url": "https://x.test/h"}).url == "https://x.test/h"
+def test_links_go_into_the_text_the_payload_and_the_mail() -> None:
+    """An alert with links shows the Airflow run, the log and the report in every form it is sent in."""
+    alert = alert_for_failure(run_id=3, where="t", error="<boom> & co").with_links(
+        run="http://af/dags/d/runs/r", log="http://af/dags/d/runs/r/tasks/t", report=None)
+    assert alert.message().splitlines()[-2:] == ["Airflow run: http://af/dags/d/runs/r",
+                                                 "Log: http://af/dags/d/runs/r/tasks/t"]
+    assert alert.to_json()["links"] == {"run": "http://af/dags/d/runs/r", "log": "http://af/dags/d/runs/r/tasks/t"}
+    assert alert.email_subject() == "[reconciler] Reconciliation run 3 failed in t"
+    body = alert.email_html()
+    assert "&lt;boom&gt; &amp; co" in body and '<a href="http://af/dags/d/runs/r">' in body and "<boom>" not in body
+    with pytest.raises(InvalidOperationError, match="alert links"):
+        Alert("failed", "s", "t", links={"dashboard": "x"})
 
 
-def test_email_channel_from_connection_fields() -> None:
-    """An smtp connection needs `to`; starttls, login and from come from the fields and extras."""
-    channel = channel_from_connection("smtp", host="mail.example.com", port=587, login="bot", password="pw",
-                                      extra={"to": "finance@example.com, ops@example.com", "starttls": "true"})
-    assert isinstance(channel, EmailChannel)
-    assert channel.recipients == ("finance@example.com", "ops@example.com") and channel.starttls
-    assert channel.sender == "reconciler@mail.example.com" and channel.username == "bot"
-    assert "pw" not in repr(channel)
-    assert channel_from_connection("smtps", host="m", extra={"to": "a@b"}).port == 465  # type: ignore[union-attr]
-    with pytest.raises(InvalidOperationError, match="needs a host"):
-        channel_from_connection("smtp", host="mail.example.com")
-
-
-def test_unknown_channel_type_is_rejected() -> None:
-    """A connection type that is neither webhook nor mail is a clear configuration error."""
-    with pytest.raises(InvalidOperationError, match="use http/https for a webhook or smtp"):
-        channel_from_connection("slack", host="x")
-
-
-def test_email_body_lists_the_details() -> None:
-    """The mail's subject is tagged and its body holds the text and the sorted details."""
-    channel = EmailChannel(host="m", port=25, sender="r@m", recipients=("a@b",))
-    message = build_email(channel, alert_for_failure(run_id=3, where="t", error="boom"))
-    assert message["Subject"] == "[reconciler] Reconciliation run 3 failed in t"
-    assert "boom." in message.get_content() and "where: t" in message.get_content()
+def test_review_timeout_alerts_and_says_nothing_was_corrected() -> None:
+    """A clean run whose review got no answer in time alerts (kind review); an answered review is described
+    in the text of any other alert and alone raises none."""
+    timed_out = ReviewOutcome(pending=2, timed_out=True)
+    alert = alert_for_summary(Outcome(total_abs_drift=Decimal("5.00")), review=timed_out)
+    assert alert is not None and alert.kind == "review" and "nothing of the 2 tasks" in alert.text
+    assert alert.details["review"] == timed_out.to_json()
+    answered = ReviewOutcome(pending=2, approved=1, rejected=1, approver="erin")
+    assert alert_for_summary(Outcome(total_abs_drift=Decimal("5.00")), review=answered) is None
+    halted = alert_for_summary(Outcome(status="halted"), review=answered)
+    assert halted is not None and "Review by erin: 1 approved and corrected, 1 rejected of 2." in halted.text
 
 
 def test_connection_uri_becomes_a_psycopg_url_without_airflow_extras() -> None:
