@@ -20,6 +20,11 @@ may, and is required in practice for scheduled runs. Approved tasks are correcte
 with the approver in their audit trail; rejected ones stay in review with the note; no answer in time
 corrects nothing and the alert says so.
 
+**Mode** (Param `mode`): scheduled runs are incremental (only the customers touched since the last verified
+point, from the guard's change feed), with a full sweep every `RECONCILER_FULL_SWEEP_DAYS` days (default 7),
+and full whenever no verified point exists or the guard reports a disabled trigger; manual runs default to
+full. The run records its mode and why (`reconciler.runs.mode`, `mode_reason`).
+
 **Database**: the Airflow connection `ledger_db`, else `RECONCILER_DATABASE_URL`, else the embedded
 PostgreSQL under `.reconciler/`. When the connection `ledger_db_replica` (else `RECONCILER_READ_DATABASE_URL`)
 exists, every read-only step reads from it: comparisons, explanations, quality checks, the report (corrections
@@ -132,6 +137,14 @@ PARAMS = {
     "dry_run": Param(
         False, type="boolean", title="Dry run",
         description="Record the run and its tasks, change no balance and no ledger entry.", section="Corrections"),
+    "mode": Param(
+        None, type=["null", "string"], enum=[None, "incremental", "full"], title="Mode",
+        values_display={"incremental": "incremental: only the customers touched since the last verified point",
+                        "full": "full: every customer"},
+        description="Empty: scheduled runs are incremental (full every RECONCILER_FULL_SWEEP_DAYS days, default 7, "
+                    "and whenever there is no verified point or the guard reports a disabled trigger); manual "
+                    "runs are full. The run records why it was full.",
+        section="Scope"),
     "alert_drift_above": Param(
         os.environ.get("RECONCILER_ALERT_DRIFT_ABOVE", "1000.00"), type=["null", "string"], pattern=MONEY_PATTERN,
         title="Alert when drift found is above",
@@ -177,15 +190,23 @@ def ledger_reconciliation() -> None:
     @task
     def start_run() -> int:
         """Record a new run with its options and trigger; return its id (also marks dead runs failed)."""
-        from reconciler import pipeline
+        import dataclasses
+
+        from reconciler import change_feed, pipeline
+        from reconciler.errors import ReconcilerError
 
         context = get_current_context()
         options = _run_options(dict(context["params"]))
+        dag_run = context["dag_run"]
+        trigger = trigger_of(dag_run.run_type)
+        try:
+            mode, sweep_days = change_feed.requested_mode(context["params"].get("mode"), trigger)
+        except ReconcilerError as exc:
+            raise AirflowFailException(f"invalid mode: {exc}") from None
+        options = dataclasses.replace(options, mode=mode, full_sweep_days=sweep_days)
         with ledger_step() as engine:
-            dag_run = context["dag_run"]
             # Keyed by the Airflow run: a retry of this task returns the run it already started.
-            run = pipeline.start_run(engine, options, trigger_of(dag_run.run_type),
-                                     key=f"airflow:{dag_run.dag_id}:{dag_run.run_id}")
+            run = pipeline.start_run(engine, options, trigger, key=f"airflow:{dag_run.dag_id}:{dag_run.run_id}")
             from reconciler.approvals import record_trigger_user
 
             record_trigger_user(engine, run, trigger_user(context))  # the proposer, for the four-eyes rule
@@ -196,8 +217,8 @@ def ledger_reconciliation() -> None:
         """Split the customers into chunks (stored in run_chunks); return their ids and bounds only."""
         from reconciler import pipeline
 
-        with ledger_step() as engine:
-            return pipeline.plan_run(engine, run)
+        with ledger_step() as engine, replica_engine() as replica:
+            return pipeline.plan_run(engine, run, read_engine=replica)
 
     @task(pool=LEDGER_POOL, retries=max(TASK_RETRIES, 3), execution_timeout=dt.timedelta(minutes=30),
           map_index_template="{{ chunk_label }}", inlets=LEDGER_INPUTS)

@@ -25,9 +25,10 @@ beside them):
   ``guard_record`` inside an exception block, so a failure of the capture is a ``WARNING``, never the
   writer's error.
 - ``guard_record`` (SECURITY DEFINER: writers need no rights on ``reconciler``): one row in
-  ``bypass_writes`` with the writer's context. A change feed (customer id + position, once per customer
-  per transaction) belongs here for bypass writes and in a trigger without the not-core WHEN for the
-  core's writes; none is built yet.
+  ``bypass_writes`` with the writer's context.
+- the change feed of incremental runs (:mod:`reconciler.change_feed`): statement triggers without the
+  not-core WHEN (the core's writes are fed too), one row per customer per transaction; installed and
+  removed with the guard.
 - ``guard_check_ledger`` (a deferred constraint trigger on ``bypass_writes``, django-hordak's model):
   at commit, once per (transaction, customer), compares the balance with the ledger sum and with the
   chain's last ``balance_after`` (or the reconciliation anchor), sets ``breaks_ledger`` on the
@@ -47,6 +48,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from reconciler import change_feed
 from reconciler.audit import AuditEvent, append_audit
 from reconciler.balances import CORE_WRITER, WRITER_SETTING
 from reconciler.errors import InvalidOperationError, ReconcilerError
@@ -128,7 +130,7 @@ class LedgerTables:
 def functions_sql(tables: LedgerTables) -> str:
     """The guard's functions, with the ledger's tables qualified (the definer functions pin search_path)."""
     c, e = tables.customers, tables.entries
-    return f"""
+    return change_feed.functions_sql(tables.search_path) + f"""
 create or replace function reconciler.guard_fingerprint(statement text) returns text
 language sql immutable parallel safe as $fp$
     select left(btrim(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(regexp_replace(
@@ -169,8 +171,6 @@ begin
     values (txid_current(), table_name, operation, customer, old_balance, new_balance, delta, entry, amount,
             coalesce(current_setting('application_name', true), ''), writer_role, inet_client_addr(),
             pg_backend_pid(), left(query, {STATEMENT_LIMIT}), reconciler.guard_fingerprint(query));
-    -- A change feed for incremental runs (customer id + position, once per customer per transaction)
-    -- would be written here for writes around the core.
 end $record$;
 
 create or replace function reconciler.guard_capture_customers() returns trigger
@@ -358,6 +358,7 @@ def triggers_sql(tables: LedgerTables, mode: str, allow: Sequence[str], *, or_re
 create constraint trigger {CHECK_TRIGGER} after insert on reconciler.bypass_writes
     deferrable initially deferred for each row when (new.customer_id is not null)
     execute function reconciler.guard_check_ledger();""")
+    parts.append(change_feed.triggers_sql(c, e))
     return "\n".join(parts)
 
 
@@ -369,6 +370,7 @@ def uninstall_sql(tables: LedgerTables | None) -> str:
             parts.append(f"drop trigger if exists {name} on {table};")
     parts.append(f"drop trigger if exists {CHECK_TRIGGER} on reconciler.bypass_writes;")
     parts += [f"drop function if exists reconciler.{signature};" for signature in FUNCTIONS]
+    parts.append(change_feed.uninstall_sql(tables.customers if tables else None, tables.entries if tables else None))
     return "\n".join(parts)
 
 
@@ -419,9 +421,18 @@ def install(engine: Engine, mode: str, allow: Sequence[str] = ()) -> GuardStatus
     with engine.connect() as conn:
         tables = ledger_tables(conn)
         or_replace = _server_version(conn) >= 140000
-    _changing(engine, functions_sql(tables) + "\n" + triggers_sql(tables, mode, allow, or_replace=or_replace),
-              {"mode": mode, "allow": list(allow)})
+    # A feed that was off or incomplete until now may have missed writes: the verified point is forgotten in
+    # the same transaction, so the next run is full.
+    forget = "" if _feed_complete(engine) else "\ndelete from reconciler.verified_point;"
+    _changing(engine, functions_sql(tables) + "\n" + triggers_sql(tables, mode, allow, or_replace=or_replace)
+              + forget, {"mode": mode, "allow": list(allow)})
     return guard_status(engine)
+
+
+def _feed_complete(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        state = change_feed.read_state(conn)
+    return state.triggers_present and not state.disabled_triggers
 
 
 def uninstall(engine: Engine) -> GuardStatus:
@@ -431,7 +442,7 @@ def uninstall(engine: Engine) -> GuardStatus:
             tables: LedgerTables | None = ledger_tables(conn)
         except InvalidOperationError:
             tables = None
-    _changing(engine, uninstall_sql(tables), {"mode": "off", "allow": []})
+    _changing(engine, uninstall_sql(tables) + "\ndelete from reconciler.verified_point;", {"mode": "off", "allow": []})
     return guard_status(engine)
 
 
@@ -491,11 +502,12 @@ class GuardStatus:
 def read_mode(triggers: Sequence[TriggerState]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
     """(mode, allow-list, missing trigger names) from the installed triggers (pure)."""
     present = {t.name: t for t in triggers}
-    expected = [name for _, name in CAPTURE_TRIGGERS] + [CHECK_TRIGGER]
+    expected = [name for _, name in CAPTURE_TRIGGERS] + [CHECK_TRIGGER, *change_feed.FEED_TRIGGER_NAMES]
     missing = tuple(name for name in expected if name not in present)
     captures = [present[name] for _, name in CAPTURE_TRIGGERS if name in present]
     if not captures:
-        return "off", (), (() if CHECK_TRIGGER not in present else missing)
+        partial = CHECK_TRIGGER in present or any(name in present for name in change_feed.FEED_TRIGGER_NAMES)
+        return "off", (), (missing if partial else ())
     arguments = {t.arguments for t in captures}
     if len(arguments) != 1:
         return "incomplete", (), missing

@@ -101,11 +101,18 @@ def report_html_path(folder: Path | str) -> Path | str:
 
 # ---- reading (one snapshot) ----------------------------------------------------------------------------------
 
+#: Where fetch_run puts an incremental run's compared customers among its params (never a run option).
+INCREMENTAL_IDS = "_incremental_customer_ids"
+
+
 def _scope(params: Mapping[str, Any]) -> dict[str, object]:
     """Bound parameters for the run's customer scope (from its params, read defensively)."""
     def as_int(value: object) -> int | None:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
+    compared = params.get(INCREMENTAL_IDS)
+    if isinstance(compared, list):  # an incremental run: exactly the customers it compared (maybe none)
+        return {"from_id": None, "to_id": None, "ids": [int(i) for i in compared]}
     ids = params.get("customer_ids")
     id_list = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)] if isinstance(ids, list) else None
     return {"from_id": as_int(params.get("from_id")), "to_id": as_int(params.get("to_id")),
@@ -137,12 +144,18 @@ def fetch_run(conn: Connection, run_id: int) -> RunFacts:
     if row is None:
         raise RunNotFoundError(f"run {run_id} does not exist; list runs with `reconciler tasks list` or run "
                                f"`reconciler run` first")
+    params = row["params"] if isinstance(row["params"], dict) else {}
+    if row["mode"] == "incremental":  # the report's scope is what the run compared, not the whole ledger
+        compared = conn.execute(text("""select coalesce(array_agg(i order by i), '{}') from reconciler.run_chunks,
+                                        unnest(customer_ids) as i where run_id = :run"""), {"run": run_id}).scalar_one()
+        params = {**params, INCREMENTAL_IDS: [int(i) for i in compared]}
     return RunFacts(
         run_id=int(row["id"]), status=row["status"], trigger=row["trigger"], started_at=row["started_at"],
         finished_at=row["finished_at"], customers_checked=int(row["customers_checked"]),
         drift_count=int(row["drift_count"]), total_abs_drift=Decimal(row["total_abs_drift"]),
-        params=row["params"] if isinstance(row["params"], dict) else {},
-        outcome=row["outcome"] if isinstance(row["outcome"], dict) else {}, error=row["error"])
+        params=params, outcome=row["outcome"] if isinstance(row["outcome"], dict) else {}, error=row["error"],
+        mode=row["mode"], mode_reason=row["mode_reason"], verified_from=row["verified_from"],
+        verified_to=row["verified_to"])
 
 
 def fetch_outcomes(conn: Connection, run: RunFacts) -> tuple[OutcomeGroup, ...]:

@@ -64,6 +64,10 @@ class RunFacts:
     params: Mapping[str, Any] = field(default_factory=dict)
     outcome: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
+    mode: str | None = None
+    mode_reason: str | None = None
+    verified_from: str | None = None
+    verified_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -299,6 +303,10 @@ class Summary:
     halted: bool
     halted_reason: str | None
     error: str | None
+    mode: str | None = None
+    mode_reason: str | None = None
+    verified_from: str | None = None
+    verified_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -382,7 +390,8 @@ class ReportModel:
         return {
             "run_id": s.run_id, "status": s.status, "trigger": s.trigger,
             "started_at": _iso(s.started_at), "finished_at": _iso(s.finished_at), "generated_at": _iso(self.now),
-            "scope": s.scope, "tolerance": s.tolerance, "policy": s.policy, "dry_run": s.dry_run,
+            "scope": s.scope, "mode": s.mode, "mode_reason": s.mode_reason, "verified_from": s.verified_from,
+            "verified_to": s.verified_to, "tolerance": s.tolerance, "policy": s.policy, "dry_run": s.dry_run,
             "customers_checked": s.customers_checked, "drift_count": s.drifting,
             "total_abs_drift": str(s.total_abs_drift), "net_drift": str(s.net_drift),
             "corrected": s.corrected, "corrected_abs_drift": str(s.corrected_abs_drift),
@@ -436,6 +445,18 @@ def _line_json(line: TieOutLine) -> dict[str, object]:
 
 # ---- the pure functions -------------------------------------------------------------------------------------
 
+def describe_incremental_scope(run: RunFacts) -> str:
+    """An incremental run's scope in words: touched customers (and those with unresolved tasks)."""
+    feed = run.outcome.get("feed")
+    feed = feed if isinstance(feed, Mapping) else {}
+    touched, pending = feed.get("touched"), feed.get("with_unresolved_tasks")
+    parts = [f"{touched:,} touched" if isinstance(touched, int) else None,
+             f"{pending:,} more with unresolved tasks" if isinstance(pending, int) and pending else None]
+    detail = ", ".join(part for part in parts if part)
+    return (f"customers touched since the last verified point ({detail}; {run.customers_checked:,} compared)"
+            if detail else f"customers touched since the last verified point ({run.customers_checked:,} compared)")
+
+
 def describe_scope(params: Mapping[str, Any]) -> str:
     """The run's customer scope in words, from its parameters (read defensively)."""
     ids = params.get("customer_ids")
@@ -476,7 +497,9 @@ def build_summary(run: RunFacts, outcomes: Sequence[OutcomeGroup]) -> Summary:
     halted_reason = _text(outcome.get("halted_reason"))
     return Summary(
         run_id=run.run_id, status=run.status, trigger=run.trigger, started_at=run.started_at,
-        finished_at=run.finished_at, scope=describe_scope(params), tolerance=_text(params.get("tolerance")),
+        finished_at=run.finished_at,
+        scope=describe_incremental_scope(run) if run.mode == "incremental" else describe_scope(params),
+        tolerance=_text(params.get("tolerance")),
         policy=_text(params.get("policy")), dry_run=bool(params.get("dry_run", False)),
         customers_checked=run.customers_checked,
         drifting=sum(g.customers for g in outcomes),
@@ -487,7 +510,8 @@ def build_summary(run: RunFacts, outcomes: Sequence[OutcomeGroup]) -> Summary:
         dismissed=count("dismissed"), needs_review=count("needs_review"), open=count("open"),
         without_task=count("no_task"),
         halted=run.status == "halted" or halted_reason is not None, halted_reason=halted_reason,
-        error=run.error,
+        error=run.error, mode=run.mode, mode_reason=run.mode_reason, verified_from=run.verified_from,
+        verified_to=run.verified_to,
     )
 
 

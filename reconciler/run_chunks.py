@@ -24,12 +24,14 @@ def stored_plan(conn: Connection, run_id: int) -> list[Any]:
                              .order_by(run_chunks.c.chunk_index)).all())
 
 
-def store_plan(conn: Connection, run_id: int, planned: Sequence[Chunk]) -> None:
-    """Store the planned chunks (status ``planned``)."""
+def store_plan(conn: Connection, run_id: int, planned: Sequence[Chunk],
+               chunk_ids: Sequence[Sequence[int]] | None = None) -> None:
+    """Store the planned chunks (status ``planned``); an incremental run's chunks with their customer ids."""
     if planned:
         conn.execute(insert(run_chunks), [
             {"run_id": run_id, "chunk_index": c.index, "first_id": c.first_id, "last_id": c.last_id,
-             "planned_customers": c.customers, "status": "planned"} for c in planned])
+             "planned_customers": c.customers, "status": "planned",
+             "customer_ids": list(chunk_ids[c.index]) if chunk_ids is not None else None} for c in planned])
 
 
 def lock_chunk(conn: Connection, run_id: int, chunk_index: int) -> Any | None:

@@ -201,3 +201,14 @@ def mark_failed(conn: Connection, run_id: int, reason: str) -> bool:
         update(runs).where(runs.c.id == run_id, runs.c.status == "running")
         .values(status="failed", finished_at=func.now(), error=reason[:4000])
     ).rowcount)
+
+
+def record_mode(conn: Connection, run_id: int, mode: str, reason: str, *, verified_from: str | None) -> None:
+    """The mode the planner chose for the run, why, and the verified point it starts from (incremental)."""
+    conn.execute(update(runs).where(runs.c.id == run_id).values(mode=mode, mode_reason=reason,
+                                                                verified_from=verified_from))
+
+
+def record_verified(conn: Connection, run_id: int, verified_to: str) -> None:
+    """The verified point the finished run reached (its snapshot)."""
+    conn.execute(update(runs).where(runs.c.id == run_id).values(verified_to=verified_to))

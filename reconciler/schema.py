@@ -21,6 +21,8 @@ from sqlalchemy import (
 )
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
+from sqlalchemy.dialects.postgresql import base as postgresql_base
+from sqlalchemy.types import UserDefinedType
 
 from reconciler import vocabulary
 
@@ -72,6 +74,11 @@ runs = Table(
     Column("outcome", JSONB, nullable=False),
     Column("error", Text),
     Column("run_key", Text),  # migration 0004: an orchestrator's key, unique among running runs
+    # migration 0009: incremental or full, why, and the verified points (pg_snapshot text) started from and reached
+    Column("mode", Text),
+    Column("mode_reason", Text),
+    Column("verified_from", Text),
+    Column("verified_to", Text),
     Index("ux_runs_running_key", "run_key", unique=True,
           postgresql_where=sql_text("status = 'running' and run_key is not null")),
     schema=SCHEMA,
@@ -89,6 +96,7 @@ run_chunks = Table(
     Column("customers_checked", BigInteger),
     Column("drift_count", BigInteger),
     Column("compared_at", DateTime(timezone=True)),
+    Column("customer_ids", ARRAY(BigInteger)),  # migration 0009: an incremental chunk compares only these
     # migration 0008: totals of the comparison statement itself (the report's tie-out, no second pass)
     Column("compared_customers", BigInteger),
     Column("balance_total", TOTAL),
@@ -289,5 +297,40 @@ audit_queue = Table(
     Column("actor", Text, nullable=False),
     Column("data", JSONB, nullable=False),
     Index("ix_audit_queue_txid", "txid", "id"),
+    schema=SCHEMA,
+)
+
+
+class XID8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (``pg_current_xact_id()``)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: object) -> str:
+        return "xid8"
+
+
+# Reflection (the schema test, Alembic's autogenerate) knows the type by name.
+postgresql_base.ischema_names.setdefault("xid8", XID8)
+
+
+#: The change feed of incremental runs (migration 0009; ``reconciler/change_feed.py``): one row per customer
+#: per transaction that touched it. No foreign key to customers: a feed write never waits on a row lock.
+change_feed = Table(
+    "change_feed",
+    metadata,
+    Column("xid", XID8(), primary_key=True),
+    Column("customer_id", BigInteger, primary_key=True),
+    schema=SCHEMA,
+)
+
+#: The verified point (one row): every change committed in this snapshot has been compared.
+verified_point = Table(
+    "verified_point",
+    metadata,
+    Column("id", Boolean, primary_key=True),
+    Column("snapshot", Text, nullable=False),
+    Column("run_id", BigInteger),
+    Column("verified_at", DateTime(timezone=True), nullable=False),
     schema=SCHEMA,
 )

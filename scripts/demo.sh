@@ -7,7 +7,9 @@
 # 4. the guard on (`reconciler guard observe`), then two fake services (legacy-billing, support-tool: plain
 #    psycopg) write around the balance core; `reconciler writers` names them;
 # 5. `airflow dags test ledger_reconciliation`: one DAG run, one mapped compare_chunk task per chunk;
-# 6. the run's summary, its explained drifts, the writers around the core and where the report is.
+# 6. the run's summary, its explained drifts, the writers around the core and where the report is;
+# 7. the two fake services write again, and `reconciler run --incremental` checks only the customers touched
+#    since the DAG run's verified point (the services' customers and the run's own corrections).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
@@ -64,6 +66,22 @@ echo "DAG run finished in $((SECONDS - dag_started)) s; Airflow's log: $log"
 step "What the run did"
 status=0
 python scripts/demo_summary.py || status=$?
+
+step "The two fake services write again; an incremental run checks only the customers touched since"
+python scripts/demo_writers.py
+inc_status=0
+reconciler run --incremental --json >"$AIRFLOW_HOME/demo-incremental.json" || inc_status=$?
+python - "$AIRFLOW_HOME/demo-incremental.json" <<'PY'
+import json, sys
+run = json.load(open(sys.argv[1]))
+scope = run.get("scope", {})
+print(f"  run {run['run_id']} {run['status']}: mode {run['mode']} ({run['mode_reason']})")
+print(f"  customers checked: {run['customers_checked']} (touched since the last verified point: "
+      f"{scope.get('touched', '?')}, with unresolved tasks: {scope.get('with_unresolved_tasks', 0)}); "
+      f"drifting: {run['drift_count']}, corrected: {run['corrected']}")
+print(f"  verified point: from {run['verified_from']} to {run['verified_to']}")
+PY
+if [[ "$inc_status" -gt 1 ]]; then status=$inc_status; fi
 
 echo
 echo "The UI with this DAG: make airflow      Total: $((SECONDS - started)) s"

@@ -251,3 +251,54 @@ def make_honest_customers(engine: Engine, customer_ids: range | list[int], amoun
         conn.execute(insert(customers), [{"id": i, "balance": money} for i in customer_ids])
         conn.execute(insert(ledger_entries), [{"customer_id": i, "amount": money, "kind": "payment",
                                                "balance_after": money} for i in customer_ids])
+
+
+#: The routes around the core that the guard sees (and that incremental runs must follow).
+BYPASS_ROUTES = ("balance", "insert", "amend", "delete", "copy")
+
+
+def write_around_core(engine: Engine, route: str, customer_id: int, amount: str | Decimal = "5.00", *,
+                      application_name: str = "legacy-billing") -> None:
+    """One write around the balance core that leaves the customer drifting by ``amount`` (or by its latest
+    entry's amount for ``delete``): ``balance`` UPDATEs the cached balance, ``insert`` appends an entry
+    without touching the balance, ``amend`` UPDATEs the latest entry's amount, ``delete`` DELETEs the latest
+    entry (both need a ledger that is not hardened), ``copy`` COPYs an entry in."""
+    money = Decimal(amount)
+    with engine.begin() as conn:
+        conn.execute(text("select set_config('application_name', :name, true)"), {"name": application_name})
+        if route == "balance":
+            conn.execute(text("update customers set balance = balance + :m where id = :c"),
+                         {"m": money, "c": customer_id})
+        elif route == "insert":
+            conn.execute(text("""insert into customer_ledger_entries (customer_id, amount, kind)
+                                 values (:c, :m, 'legacy')"""),
+                         {"m": money, "c": customer_id})
+        elif route == "amend":
+            conn.execute(text("""update customer_ledger_entries set amount = amount + :m where id =
+                                 (select max(id) from customer_ledger_entries where customer_id = :c)"""),
+                         {"m": money, "c": customer_id})
+        elif route == "delete":
+            conn.execute(text("""delete from customer_ledger_entries where id =
+                                 (select max(id) from customer_ledger_entries where customer_id = :c)"""),
+                         {"c": customer_id})
+        elif route == "copy":
+            raw = conn.connection.driver_connection
+            assert raw is not None
+            with raw.cursor() as cursor, cursor.copy(
+                    "copy customer_ledger_entries (customer_id, amount, kind) from stdin") as copy:
+                copy.write_row((customer_id, money, "legacy"))
+        else:
+            raise ValueError(f"unknown route {route!r}; one of {', '.join(BYPASS_ROUTES)}")
+
+
+def make_monthly_ledger(engine: Engine, customer_ids: range, months: int = 12, amount: str = "10.00") -> None:
+    """Customers with one entry per month of 2026 (created_at on the 15th, so a monthly partitioned ledger
+    spreads them over ``months`` partitions), a balance_after chain and the matching cached balance."""
+    money = Decimal(amount)
+    with engine.begin() as conn:
+        conn.execute(insert(customers), [{"id": i, "balance": money * months} for i in customer_ids])
+        conn.execute(text("""
+            insert into customer_ledger_entries (customer_id, amount, kind, balance_after, created_at)
+            select c, :m, 'payment', :m * k, make_timestamptz(2026, k, 15, 12, 0, 0, 'UTC')
+            from unnest(cast(:ids as bigint[])) as c, generate_series(1, :months) as k
+            order by k, c"""), {"m": money, "ids": list(customer_ids), "months": months})

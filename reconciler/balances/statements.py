@@ -20,6 +20,11 @@ from .values import ChainLink
 WRITER_SETTING = "reconciler.writer"
 CORE_WRITER = "core"
 CORE_WRITE_MARK = f"(SELECT set_config('{WRITER_SETTING}', '{CORE_WRITER}', true)) = '{CORE_WRITER}'"
+#: A reconciliation's statements also mark their transaction settled: under the customer's row lock it set the
+#: balance and the ledger equal, so the change feed of incremental runs (``reconciler.change_feed``) need not
+#: list that transaction (any other transaction touching the customer has its own feed row).
+SETTLED_SETTING = "reconciler.settled"
+SETTLED_MARK = f"(SELECT set_config('{SETTLED_SETTING}', 'settled', true)) = 'settled'"
 
 #: The chain link a change must follow: the customer's latest entry (one backward step on the
 #: (customer_id, id) index) and the latest reconciliation anchor. Shared by both change statements.
@@ -199,13 +204,14 @@ _SETTLE = text(f"""
 WITH settled AS (
     UPDATE customers SET balance = CAST(:balance_after AS numeric), updated_at = now()
     WHERE id = CAST(:customer_id AS bigint) AND CAST(:set_balance AS boolean) AND {CORE_WRITE_MARK}
+      AND {SETTLED_MARK}
     RETURNING id
 ),
 adjustment AS (
     INSERT INTO customer_ledger_entries (customer_id, amount, kind, reference, balance_after)
     SELECT CAST(:customer_id AS bigint), CAST(:adjustment AS numeric), CAST(:kind AS text),
            CAST(:reference AS text), CAST(:balance_after AS numeric)
-    WHERE CAST(:adjustment AS numeric) IS NOT NULL AND {CORE_WRITE_MARK}
+    WHERE CAST(:adjustment AS numeric) IS NOT NULL AND {CORE_WRITE_MARK} AND {SETTLED_MARK}
     RETURNING id
 ),
 logged AS (

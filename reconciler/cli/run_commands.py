@@ -39,7 +39,7 @@ LABELS = {
     "tolerance": "--tolerance", "chunk_size": "--chunk-size", "from_id": "--from-id", "to_id": "--to-id",
     "customer_ids": "--customer-ids", "policy": "--policy", "auto_correct": "--auto-correct",
     "auto_correct_limit": "--auto-correct-limit", "max_drift_ratio": "--max-drift-ratio", "dry_run": "--dry-run",
-    "workers": "--workers",
+    "workers": "--workers", "mode": "--incremental/--full",
 }
 
 
@@ -55,6 +55,8 @@ _HELP = {
     "max_drift_ratio": "Halt corrections when more than this share of checked customers drift (1 disables).",
     "dry_run": "Record the run and its tasks; change no balance and no entry.",
     "workers": "Chunks compared in parallel, one connection each.",
+    "mode": "incremental: only the customers touched since the last verified point (needs the guard; else it "
+            "runs full and says so); full: every customer.",
 }
 
 
@@ -75,6 +77,7 @@ def run(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     workers: Annotated[str, typer.Option(metavar="N", help=_HELP["workers"])] = str(WORKERS),
     top: Annotated[int, typer.Option(metavar="N", help="How many explained drifts to show.", min=0)] = TOP,
+    incremental: Annotated[bool, typer.Option("--incremental/--full", help=_HELP["mode"])] = False,
 ) -> None:
     """Find, explain and correct drift between cached balances and the ledger."""
     from reconciler.errors import RunFailedError  # noqa: PLC0415
@@ -84,7 +87,7 @@ def run(
         "tolerance": tolerance, "chunk_size": chunk_size, "from_id": from_id, "to_id": to_id,
         "customer_ids": customer_ids, "policy": policy.value, "auto_correct": auto_correct,
         "auto_correct_limit": auto_correct_limit, "max_drift_ratio": max_drift_ratio, "dry_run": dry_run,
-        "workers": workers,
+        "workers": workers, "mode": "incremental" if incremental else "full",
     }
     try:
         options = RunOptions.from_params(params, labels=LABELS)
@@ -104,6 +107,8 @@ def run(
         from reconciler.approvals import current_user, record_trigger_user  # noqa: PLC0415
 
         record_trigger_user(engine, summary.run_id, current_user())  # the proposer, for the four-eyes rule
+        if summary.mode_reason and summary.mode_reason.startswith("incremental requested"):
+            sys.stderr.write(f"reconciler: {summary.mode_reason}\n")  # one line, not an error
         if json_output:
             emit_json(summary.to_json())
         else:
@@ -192,6 +197,8 @@ def _print_human(engine: Engine, summary: RunSummary, top: int) -> None:
                   show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
+    if summary.mode:
+        table.add_row("mode", f"{summary.mode} ({summary.mode_reason})")
     table.add_row("customers checked", f"{summary.customers_checked:,}")
     table.add_row("drifting", f"{summary.drift_count:,}")
     table.add_row("total absolute drift", format_money(summary.total_abs_drift))
@@ -199,6 +206,9 @@ def _print_human(engine: Engine, summary: RunSummary, top: int) -> None:
     table.add_row("need review", f"{summary.needs_review:,}")
     table.add_row("still open", f"{summary.open:,}")
     console.print(table)
+    if summary.mode:
+        console.print(f"verified point: from {summary.verified_from or 'none'} to {summary.verified_to or 'none'}",
+                      highlight=False)
     if summary.halted_reason:
         console.print(f"[bold red]halted:[/] {summary.halted_reason}")
     from reconciler.pipeline import describe_busy  # noqa: PLC0415

@@ -28,6 +28,7 @@ from reconciler.corrections import (
     correction_engine,
 )
 
+from .incremental import ratio_population
 from .steps import HEARTBEAT_INTERVAL, _local_timeouts, _options
 
 #: Open tasks considered per batch when correcting (memory stays flat whatever the drift count).
@@ -83,7 +84,8 @@ def apply_run_corrections(engine: Engine, run_id: int) -> dict[str, object]:
         totals = runs.tally(conn, run_id)
         runs.store_totals(conn, run_id, totals)
     guardrails = options.guardrails
-    halted_reason = halt_reason(totals.drift_count, totals.customers_checked, guardrails)
+    population = ratio_population(engine, run["mode"], totals.customers_checked)
+    halted_reason = halt_reason(totals.drift_count, population, guardrails)
     counts: Counter[str] = Counter()
     busy: list[CorrectionResult] = []
     by = f"run {run_id}"
@@ -113,7 +115,7 @@ def apply_run_corrections(engine: Engine, run_id: int) -> dict[str, object]:
                 wanted = [c.customer_id for c in batch if needs_current_drift(c, guardrails)]
                 now = _current_drifts(engine, wanted) if wanted else {}
                 plan = plan_corrections(batch, now, guardrails, policy=options.policy,
-                                        drift_count=totals.drift_count, customers_checked=totals.customers_checked)
+                                        drift_count=totals.drift_count, customers_checked=population)
                 done = execute_plan(engine, plan, correct, by=by, run_id=run_id, notes=note,
                                     tolerance=options.tolerance, workers=options.workers, prepare=_local_timeouts)
                 counts.update(done.counts)

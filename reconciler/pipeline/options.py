@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from decimal import Decimal, InvalidOperation
 
+from reconciler import change_feed
 from reconciler.corrections import Guardrails
 from reconciler.errors import InvalidOperationError, ReconcilerError
 from reconciler.money import DEFAULT_TOLERANCE, ZERO, to_money
@@ -111,6 +112,8 @@ _PARSERS: dict[str, Callable[[object, str], object]] = {
     "max_drift_ratio": _ratio,
     "dry_run": _flag,
     "workers": lambda v, label: _integer(v, label, low=1, high=MAX_WORKERS),
+    "mode": lambda v, label: change_feed.check_mode(v, name=label),
+    "full_sweep_days": lambda v, label: _integer(v, label, low=1, high=3650),
 }
 
 
@@ -129,6 +132,10 @@ class RunOptions:
     max_drift_ratio: Decimal = DEFAULT_MAX_DRIFT_RATIO
     dry_run: bool = False
     workers: int = DEFAULT_WORKERS
+    #: full (every customer in scope) or incremental (the customers touched since the verified point).
+    mode: str = change_feed.DEFAULT_MODE
+    #: Scheduled runs: an incremental run is full when the last full sweep is this many days old.
+    full_sweep_days: int | None = None
 
     def __post_init__(self) -> None:
         for key, value in _normalise({f.name: getattr(self, f.name) for f in fields(self)}, {}).items():

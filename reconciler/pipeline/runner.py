@@ -112,7 +112,7 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
                 engine.url.render_as_string(hide_password=False), run_id, workers=options.workers)
             try:
                 step = "planning its chunks"
-                plan = plan_run(engine, run_id)
+                plan = plan_run(engine, run_id, read_engine=read_engine)  # the snapshot where comparisons read
                 step = "comparing its chunks"
                 _compare_all(engine, run_id, plan, options, progress, beat, read_engine)
                 beat()

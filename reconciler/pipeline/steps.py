@@ -24,7 +24,7 @@ from sqlalchemy.types import BigInteger
 from reconciler import findings as finding_store
 from reconciler import run_chunks as chunk_store
 from reconciler import runs, tasks
-from reconciler.chunks import Chunk, fetch_chunks
+from reconciler.chunks import Chunk
 from reconciler.compare import ChunkComparison, compare_chunk_totals
 from reconciler.corrections import (
     DEFAULT_STATEMENT_TIMEOUT,
@@ -39,6 +39,7 @@ from reconciler.explain import Explanation, explain_drifts
 from reconciler.money import ZERO
 from reconciler.quality_worker import QualityWorker
 
+from .incremental import plan_scope, verify_snapshot
 from .options import RunOptions
 from .summary import RunSummary, _summary
 
@@ -122,8 +123,12 @@ def _chunk_dict(row: Any) -> dict[str, int]:
             "last_id": int(row.last_id), "customers": int(row.planned_customers)}
 
 
-def plan_run(engine: Engine, run_id: int) -> list[dict[str, int]]:
-    """Plan the run's chunks (stored in ``run_chunks``); a second call returns the stored plan."""
+def plan_run(engine: Engine, run_id: int, *, read_engine: Engine | None = None) -> list[dict[str, int]]:
+    """Plan the run's chunks (stored in ``run_chunks``); a second call returns the stored plan.
+
+    The run's mode is decided here and recorded with its reason (:func:`.incremental.plan_scope`): an
+    incremental run's chunks hold only the customers touched since the verified point; the snapshot the run
+    will verify is taken on ``read_engine`` when comparisons read there."""
     with engine.begin() as conn:
         _local_timeouts(conn)
         runs.require_running(conn, run_id)
@@ -132,16 +137,17 @@ def plan_run(engine: Engine, run_id: int) -> list[dict[str, int]]:
         if stored:
             return [_chunk_dict(r) for r in stored]
         options = _options(row)
-        planned = fetch_chunks(conn, options.chunk_size, from_id=options.from_id, to_id=options.to_id,
-                               customer_ids=options.customer_ids)
-        chunk_store.store_plan(conn, run_id, planned)
+        planned, chunk_ids = plan_scope(conn, read_engine or engine, run_id, options)
+        chunk_store.store_plan(conn, run_id, planned, chunk_ids)
         runs.store_totals(conn, run_id, runs.Totals(len(planned), 0, 0, 0, ZERO))
         return [{"run_id": run_id, "chunk_index": c.index, "first_id": c.first_id, "last_id": c.last_id,
                  "customers": c.customers} for c in planned]
 
 
-def _find_drifts(conn: Connection, chunk: Chunk, options: RunOptions) -> tuple[ChunkComparison, dict[int, Explanation]]:
-    compared = compare_chunk_totals(conn, chunk, options.tolerance, customer_ids=options.customer_ids)
+def _find_drifts(conn: Connection, chunk: Chunk, options: RunOptions,
+                 customer_ids: Sequence[int] | None = None) -> tuple[ChunkComparison, dict[int, Explanation]]:
+    compared = compare_chunk_totals(conn, chunk, options.tolerance,
+                                    customer_ids=customer_ids if customer_ids is not None else options.customer_ids)
     return compared, (explain_drifts(conn, compared.drifts) if compared.drifts else {})
 
 
@@ -158,12 +164,13 @@ def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions,
                     "drift_count": int(row.drift_count)}
         chunk = Chunk(index=chunk_index, first_id=int(row.first_id), last_id=int(row.last_id),
                       customers=int(row.planned_customers))
+        ids = list(row.customer_ids) if row.customer_ids is not None else None  # an incremental chunk
         # Read-only work on its own READ ONLY transaction (one snapshot for compare and explain), on the read
         # URL when there is one. A replica may lag: that can delay a finding, never cause a wrong write, because
         # every correction re-verifies on the primary under the row lock.
         with reading(read_engine or engine) as reader:
             _local_timeouts(reader)
-            compared, explanations = _find_drifts(reader, chunk, options)
+            compared, explanations = _find_drifts(reader, chunk, options, ids)
         drifts = compared.drifts
         finding_store.stage_findings(conn, run_id, chunk_index, drifts, explanations)
         chunk_store.mark_compared(conn, run_id, chunk, len(drifts), compared)
@@ -254,6 +261,15 @@ class Span:
     first_id: int
     last_id: int
     compared_at: dt.datetime
+    #: An incremental run's spans hold only the customers their chunks compared.
+    customer_ids: tuple[int, ...] | None = None
+
+
+def _span(rows: Sequence[Any]) -> Span:
+    ids = None
+    if any(getattr(r, "customer_ids", None) is not None for r in rows):
+        ids = tuple(sorted({int(i) for r in rows for i in (getattr(r, "customer_ids", None) or ())}))
+    return Span(int(rows[0].first_id), int(rows[-1].last_id), min(r.compared_at for r in rows), ids)
 
 
 def group_spans(chunk_rows: Sequence[Any], max_customers: int = TASK_SPAN_CUSTOMERS) -> list[Span]:
@@ -264,11 +280,11 @@ def group_spans(chunk_rows: Sequence[Any], max_customers: int = TASK_SPAN_CUSTOM
     for row in chunk_rows:
         if current and (row.chunk_index != current[-1].chunk_index + 1
                         or sum(int(r.planned_customers) for r in current) + int(row.planned_customers) > max_customers):
-            spans.append(Span(int(current[0].first_id), int(current[-1].last_id), min(r.compared_at for r in current)))
+            spans.append(_span(current))
             current = []
         current.append(row)
     if current:
-        spans.append(Span(int(current[0].first_id), int(current[-1].last_id), min(r.compared_at for r in current)))
+        spans.append(_span(current))
     return spans
 
 
@@ -285,7 +301,9 @@ def open_run_tasks(engine: Engine, run_id: int) -> dict[str, int]:
             runs.require_running(conn, run_id)
             tasks.open_tasks_from_findings(conn, run_id, span.first_id, span.last_id)
             tasks.dismiss_vanished(conn, run_id, span.first_id, span.last_id, compared_at=span.compared_at,
-                                   tolerance=options.tolerance, customer_ids=options.customer_ids)
+                                   tolerance=options.tolerance,
+                                   customer_ids=span.customer_ids if span.customer_ids is not None
+                                   else options.customer_ids)
             runs.heartbeat(conn, run_id, min_interval=HEARTBEAT_INTERVAL)
     with engine.begin() as conn:
         counts = tasks.run_task_counts(conn, run_id)
@@ -331,5 +349,6 @@ def finish_run(engine: Engine, run_id: int) -> RunSummary:
         status = "halted" if outcome.get("halted_reason") else "succeeded"
         runs.merge_outcome(conn, run_id, {"task_counts": tasks.status_counts(conn, run_id)})
         runs.finish(conn, run_id, status, totals)
+        verify_snapshot(conn, run_id, outcome)
         return _summary(conn, run_id)
 

@@ -29,15 +29,30 @@ class RunSummary:
     error: str | None = None
     dry_run: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)
+    mode: str | None = None
+    mode_reason: str | None = None
+    verified_from: str | None = None
+    verified_to: str | None = None
 
     def to_json(self) -> dict[str, object]:
         """JSON-able, decimals as strings."""
         return {
+            "mode": self.mode, "mode_reason": self.mode_reason, "verified_from": self.verified_from,
+            "verified_to": self.verified_to, "scope": self.scope,
             "run_id": self.run_id, "status": self.status, "customers_checked": self.customers_checked,
             "drift_count": self.drift_count, "corrected": self.corrected, "needs_review": self.needs_review,
             "open": self.open, "total_abs_drift": str(self.total_abs_drift), "halted_reason": self.halted_reason,
             "report_path": self.report_path, "error": self.error, "dry_run": self.dry_run, "busy": self.busy,
         }
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        """What the run compared: for an incremental run, touched customers and those with unresolved tasks."""
+        feed = self.details.get("feed")
+        scope: dict[str, Any] = {"customers_checked": self.customers_checked}
+        if isinstance(feed, Mapping):
+            scope.update({key: feed[key] for key in ("touched", "with_unresolved_tasks") if key in feed})
+        return scope
 
     @property
     def busy(self) -> list[dict[str, Any]]:
@@ -83,6 +98,7 @@ def _summary(conn: Connection, run_id: int) -> RunSummary:
         needs_review=int(counts.get("needs_review", 0)), open=int(counts.get("open", 0)),
         total_abs_drift=totals.total_abs_drift, halted_reason=outcome.get("halted_reason"),
         report_path=outcome.get("report_path"), error=row["error"], dry_run=bool(params.get("dry_run", False)),
-        details=dict(outcome),
+        details=dict(outcome), mode=row["mode"], mode_reason=row["mode_reason"],
+        verified_from=row["verified_from"], verified_to=row["verified_to"],
     )
 

@@ -133,7 +133,7 @@ def test_params_are_typed_and_documented(dagbag: Any) -> None:
     """Every run option of DESIGN.md is a Param with a type, a title and a description."""
     params = dagbag.dags["ledger_reconciliation"].params
     expected = {"tolerance", "chunk_size", "from_id", "to_id", "customer_ids", "policy", "auto_correct",
-                "auto_correct_limit", "max_drift_ratio", "dry_run", "alert_drift_above"}
+                "auto_correct_limit", "max_drift_ratio", "dry_run", "alert_drift_above", "mode"}
     assert set(params.keys()) == expected
     for name in expected:
         param = params.get_param(name)
@@ -152,6 +152,8 @@ def test_param_defaults_are_the_pipeline_defaults(dagbag: Any) -> None:
     params = dagbag.dags["ledger_reconciliation"].params.validate()
     defaults = RunOptions().to_params()
     defaults.pop("workers")
+    # mode is decided by the trigger when the Param is empty (scheduled: incremental, manual: full)
+    assert params["mode"] is None and defaults.pop("mode") == "full" and defaults.pop("full_sweep_days") is None
     assert {name: params[name] for name in defaults} == defaults
     assert RunOptions.from_params({name: params[name] for name in defaults}) == RunOptions()
 

@@ -311,3 +311,21 @@ def test_unanswered_review_corrects_nothing_and_alerts(dagbag: Any, ledger: Engi
     [alert] = [a["json"] for a in webhook.received]
     assert alert["kind"] == "review" and "no answer within the approval timeout" in alert["text"]
     assert alert["details"]["review"]["timed_out"] is True
+
+
+def test_dag_mode_param_manual_runs_default_full_and_incremental_follows_the_feed(dagbag: Any, ledger: Engine,
+                                                                                 webhook: Webhook) -> None:
+    """A manual run without the mode Param is full and sets the verified point (the guard observing); one
+    with mode incremental then compares only the customer touched since, and records both modes and why."""
+    from reconciler.guard import install
+
+    install(ledger, "observe")
+    first = _run(dagbag, {"chunk_size": 10, "max_drift_ratio": "1", "dry_run": True})
+    assert first.state == "success"
+    with ledger.begin() as conn:
+        conn.execute(text("update customers set balance = balance + 3 where id = 8"))
+    second = _run(dagbag, {"chunk_size": 10, "max_drift_ratio": "1", "dry_run": True, "mode": "incremental"})
+    assert second.state == "success", _states(second)
+    rows = _run_rows(ledger)
+    assert [(r["mode"], r["customers_checked"]) for r in rows] == [("full", CUSTOMERS), ("incremental", 4)]
+    assert rows[0]["mode_reason"] == "full requested" and rows[1]["verified_from"] == rows[0]["verified_to"]

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
-from reconciler import guard
+from reconciler import change_feed, guard
 from reconciler.balances import BalanceManager
 from reconciler.guard import guard_status, install, uninstall
 from reconciler.tasks import MAX_TASK_WRITERS, list_tasks
@@ -345,7 +345,7 @@ def test_switching_modes_is_idempotent_and_status_reads_the_database(ledger: Eng
     first = install(ledger, "observe")
     again = install(ledger, "observe")
     assert first.mode == again.mode == "observe" and again.healthy and again.missing == ()
-    assert len(again.triggers) == len(guard.CAPTURE_TRIGGERS) + 1
+    assert len(again.triggers) == len(guard.CAPTURE_TRIGGERS) + 1 + len(change_feed.FEED_TRIGGERS)
     status = install(ledger, "enforce", ["legacy-billing", "support-tool", "legacy-billing"])
     assert status.mode == "enforce" and status.allow == ("legacy-billing", "support-tool") and status.healthy
 

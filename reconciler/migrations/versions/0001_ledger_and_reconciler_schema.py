@@ -85,8 +85,15 @@ def upgrade() -> None:
         _execute(append_only.FUNCTION_SQL)
         _execute(append_only.TRIGGERS_SQL)
 
-    _execute("""create unique index if not exists ux_customer_ledger_entries_idempotency_key
-                on customer_ledger_entries (idempotency_key)""")
+    if _partitioned("customer_ledger_entries"):
+        # A unique index on a partitioned table must include the partition key (created_at), so keys are
+        # indexed for the core's lookups but unique only per partition (see README, "Partitioned ledgers").
+        _execute("""create index if not exists ix_customer_ledger_entries_idempotency_key
+                    on customer_ledger_entries (idempotency_key)""")
+    else:
+        _execute("""create unique index if not exists ux_customer_ledger_entries_idempotency_key
+                    on customer_ledger_entries (idempotency_key)""")
+    # On a partitioned ledger this is a partitioned index: every partition, present and future, gets it.
     _execute("""create index if not exists ix_customer_ledger_entries_customer_cover
                 on customer_ledger_entries (customer_id, id) include (amount)""")
     _execute(append_only.FUNCTION_SQL)
@@ -184,6 +191,13 @@ def upgrade() -> None:
         )""")
 
 
+def _partitioned(table: str) -> bool:
+    """Whether ``table`` (as the search_path resolves it) is a partitioned table (PARTITION BY ...)."""
+    return bool(op.get_bind().execute(
+        text("select exists (select from pg_class where oid = to_regclass(:t) and relkind = 'p')"),
+        {"t": table}).scalar_one())
+
+
 def _record(table: str, *, created: bool, added: list[str]) -> None:
     op.get_bind().execute(
         text("insert into reconciler.adoption (table_name, created, added_columns) values (:t, :c, :a)"),
@@ -200,6 +214,7 @@ def downgrade() -> None:
     _execute("drop trigger if exists reconciler_append_only_truncate on customer_ledger_entries")
     _execute("drop function if exists reconciler.refuse_ledger_change()")
     _execute("drop index if exists ix_customer_ledger_entries_customer_cover")
+    _execute("drop index if exists ix_customer_ledger_entries_idempotency_key")  # a partitioned ledger's
     entries = adoption.get("customer_ledger_entries")
     customers = adoption.get("customers")
     if entries is not None and entries.created:

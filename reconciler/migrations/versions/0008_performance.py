@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy import text
 
 revision = "0008"
-down_revision = "0007"
+down_revision = "0009"
 
 
 def upgrade() -> None:
