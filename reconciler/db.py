@@ -7,25 +7,30 @@ The embedded server (pgserver: a real PostgreSQL 16 on a Unix socket, no TCP) li
 
 from __future__ import annotations
 
-import logging
 import os
+import select
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 
 from reconciler.config import EMBEDDED_DATABASE, configured_database_url, configured_read_database_url, home_dir
 from reconciler.db_errors import first_line, lost_database
+from reconciler.embedded import ensure_database_at, pgdata_dir, prepare_runtime_dir, start_server
 from reconciler.errors import DatabaseLostError, DatabaseUnavailableError
 
 DEFAULT_POOL_SIZE = 10
+#: A pooled connection idle for longer than this is pinged (one round trip) before it is handed out; a busier
+#: one is checked without a round trip (see :func:`_check_liveness`).
+LIVENESS_IDLE_SECONDS = 30.0
+_CHECKED_IN_AT = "reconciler.checked_in_at"
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -41,39 +46,9 @@ def describe_url(url: str | URL) -> str:
     return normalise_url(url).render_as_string(hide_password=True)
 
 
-def _prepare_runtime_dir(home: Path) -> None:
-    # pgserver picks its lock and socket folder at import time from XDG_RUNTIME_DIR and warns
-    # (an error under -W error) unless that folder is private; give it one of ours.
-    if os.environ.get("XDG_RUNTIME_DIR") and Path(os.environ["XDG_RUNTIME_DIR"]).is_dir():
-        return
-    runtime = home / "run"
-    runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
-    runtime.chmod(0o700)
-    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
-
-
-def pgdata_dir(home: Path | None = None) -> Path:
-    return (home or home_dir()) / "pgdata"
-
-
 def start_embedded(home: Path | None = None, database: str = EMBEDDED_DATABASE) -> URL:
     """Start (or attach to) the embedded PostgreSQL and return a URL for ``database``, created if missing."""
-    home = home or home_dir()
-    home.mkdir(parents=True, exist_ok=True)
-    _prepare_runtime_dir(home)
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
-    import pgserver  # noqa: PLC0415  (heavy, and needs XDG_RUNTIME_DIR set first)
-
-    server = pgserver.get_server(pgdata_dir(home), cleanup_mode=None)
-    info = pgserver.utils.PostmasterInfo.read_from_pgdata(server.pgdata)
-    if info is None or not info.is_running():
-        # pgserver caches one handle per folder for the life of the process and never restarts its server:
-        # a long-lived process (an Airflow worker, a service) must bring a stopped server back itself.
-        with server._lock:
-            server.ensure_postgres_running()
-    socket_path = server.get_postmaster_info().socket_path
-    assert socket_path is not None  # pgserver always listens on a Unix socket here
-    socket_dir = socket_path.parent
+    socket_dir = start_server(home)
     url = URL.create("postgresql+psycopg", username="postgres", host="localhost", database=database,
                      query={"host": str(socket_dir)})
     ensure_database(url)
@@ -84,11 +59,7 @@ def ensure_database(url: URL) -> None:
     """Create the database named in ``url`` when it does not exist (connecting to ``postgres`` to do so)."""
     name = url.database
     assert name
-    admin = url.set(database="postgres")
-    with psycopg.connect(_libpq_dsn(admin), autocommit=True) as conn:
-        exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    ensure_database_at(_libpq_dsn(url), name)
 
 
 def _libpq_dsn(url: URL) -> str:
@@ -101,7 +72,7 @@ def stop_embedded(home: Path | None = None) -> bool:
     pid_file = pgdata / "postmaster.pid"
     if not pid_file.exists():
         return False
-    _prepare_runtime_dir(home or home_dir())
+    prepare_runtime_dir(home or home_dir())
     from pgserver._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
 
     command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"]
@@ -122,18 +93,64 @@ def database_url() -> URL:
 
 def make_engine(url: str | URL | None = None, *, check: bool = True, **kwargs: Any) -> Engine:
     """An engine on ``url`` (default :func:`database_url`); with ``check`` it connects once and raises
-    :class:`DatabaseUnavailableError` with one clear line when the database cannot be reached."""
+    :class:`DatabaseUnavailableError` with one clear line when the database cannot be reached.
+
+    Liveness: instead of SQLAlchemy's pre-ping (a round trip on EVERY checkout), each checkout looks at the
+    connection's socket without a round trip and pings only when that finds something, or when the connection
+    sat idle for :data:`LIVENESS_IDLE_SECONDS` (:func:`_check_liveness`). A connection found dead is replaced
+    before any statement is sent on it, so that retry is always safe. ``pool_pre_ping=True`` restores the
+    pre-ping (and turns the cheaper check off)."""
     target = normalise_url(url) if url is not None else database_url()
     if target.drivername != "postgresql+psycopg":
         raise DatabaseUnavailableError(
             f"the ledger database URL {describe_url(target)} is not a PostgreSQL URL; set RECONCILER_DATABASE_URL "
             f"(and RECONCILER_READ_DATABASE_URL) to postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": DEFAULT_POOL_SIZE, "max_overflow": 10}
+    options: dict[str, Any] = {"pool_pre_ping": False, "pool_size": DEFAULT_POOL_SIZE, "max_overflow": 10}
     options.update(kwargs)
     engine = create_engine(target, **options)
+    if not options["pool_pre_ping"] and engine.dialect.driver == "psycopg":
+        event.listen(engine, "checkout", _check_liveness)
+        event.listen(engine, "checkin", _note_checkin)
     if check:
         check_connection(engine)
     return engine
+
+
+def _note_checkin(dbapi_connection: Any, record: Any) -> None:
+    record.info[_CHECKED_IN_AT] = time.monotonic()
+
+
+def connection_is_alive(conn: psycopg.Connection[Any], idle_seconds: float) -> bool:
+    """Whether an idle psycopg connection can take a statement, at the least cost that keeps that safe.
+
+    An idle connection's socket has nothing to read. When the server ends the session (a restart, a
+    terminated backend, an idle-session timeout) it sends an error and closes it, so the socket becomes
+    readable: that costs one ``select()`` to see, no round trip. Then, or after ``idle_seconds`` >=
+    :data:`LIVENESS_IDLE_SECONDS` (a network that dropped the connection silently), one ``SELECT 1`` decides.
+    Nothing of a caller's statement has been sent when this answers, so replacing a dead connection is safe."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    if not readable and idle_seconds < LIVENESS_IDLE_SECONDS:
+        return True
+    try:
+        conn.execute("SELECT 1")
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _check_liveness(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Pool ``checkout`` hook: hand out only a live connection (:func:`connection_is_alive`); a dead one raises
+    DisconnectionError, on which the pool discards it and checks out (or opens) another."""
+    idle = time.monotonic() - record.info.get(_CHECKED_IN_AT, 0.0) if _CHECKED_IN_AT in record.info else 0.0
+    if not connection_is_alive(dbapi_connection, idle):
+        raise DisconnectionError("the pooled connection was found closed by the server before use")
 
 
 # ---- the read-only side -----------------------------------------------------------------------------------

@@ -105,6 +105,11 @@ class SeedOptions:
     drift_rate: Decimal = DEFAULT_DRIFT_RATE
     seed: int = DEFAULT_SEED
     reset: bool = False
+    #: When set, entries are dated within ``created_span`` before this moment (a customer's k-th entry at k/m
+    #: of the span) instead of one day apart from :data:`BASE_TIME` (the bench's "30 days of history" and
+    #: "loaded within the last hour" ledgers).
+    created_until: dt.datetime | None = None
+    created_span: dt.timedelta = dt.timedelta(days=30)
 
     def __post_init__(self) -> None:
         if isinstance(self.customers, bool) or not 1 <= self.customers <= MAX_CUSTOMERS:
@@ -357,8 +362,15 @@ def generate_batch(options: SeedOptions, batch_index: int, first_entry_id: int) 
     order = np.lexsort((np.concatenate(order_parts), entry_customer))
     entry_customer = entry_customer[order]
     days = np.concatenate(day_parts)[order]
-    seconds_of_day = (entry_customer % 86_400) * 1_000_000
-    created_at = _BASE_US + days * _DAY_US + seconds_of_day
+    if options.created_until is None:
+        seconds_of_day = (entry_customer % 86_400) * 1_000_000
+        created_at = _BASE_US + days * _DAY_US + seconds_of_day
+    else:
+        end_us = int((options.created_until - _PG_EPOCH).total_seconds() * 1_000_000)
+        span_us = int(options.created_span.total_seconds() * 1_000_000)
+        step = span_us // (m + 2)
+        created_at = (end_us - span_us + np.minimum(days, m) * step
+                      + (entry_customer % 1_000) * (step // 1_000))
 
     # Plants' evidence rows: the k-th row of that customer, located after sorting.
     starts = np.searchsorted(entry_customer, [cid for cid, *_ in planted_info])

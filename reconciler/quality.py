@@ -18,13 +18,16 @@ Cost: checks the database already guarantees (NOT NULL, a valid unique index, a 
 the numeric(18,2) type) are proven from the catalog, and read the rows only when the guarantee is missing.
 The ledger is append-only, so the kind and ``balance_after`` chain checks read the entries appended since
 the last stored check; an expectation's first check reads the whole history of a ledger of up to
-:data:`FULL_HISTORY_LIMIT` entries (``full=True`` always does). The watermark lags by
-:data:`WATERMARK_LAG` so an entry whose transaction was still open at check time is read again next time.
+:data:`FULL_HISTORY_LIMIT` entries (``full=True`` always does). Where the last check stopped is a
+:class:`reconciler.positions.Position` (entry ids plus the snapshot's in-flight transactions), stored with each
+result: an entry whose transaction was still open at check time is read by the next check, with no clock lag
+and whatever ``created_at`` says. (The tasks window still goes by ``updated_at`` with :data:`WATERMARK_LAG`.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -35,13 +38,15 @@ import string
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, delete, insert, select, text
 from sqlalchemy.engine import URL
 
@@ -51,10 +56,13 @@ from reconciler.db import read_only_url, reading
 from reconciler.entry_kinds import EntryKinds, load_entry_kinds
 from reconciler.errors import InvalidOperationError, RunNotFoundError
 from reconciler.money import DEFAULT_TOLERANCE, to_tolerance
+from reconciler.positions import Position, read_position
 from reconciler.schema import quality_results, runs
 
+log = logging.getLogger("reconciler.quality")
+
 EXPECTATIONS_ENV = "RECONCILER_EXPECTATIONS_DIR"
-#: Entries newer than this (by created_at) at check time are read again by the next check.
+#: Tasks updated less than this before check time are read again by the next check (the tasks window).
 WATERMARK_LAG = dt.timedelta(hours=1)
 #: An expectation never checked before reads the whole history of a ledger up to this many entries; on a
 #: larger ledger it starts at the current watermark (``reconciler quality --full`` reads everything once).
@@ -135,6 +143,9 @@ class RunValues:
     tasks_since: Mapping[str, dt.datetime] = field(default_factory=dict)
     #: Where an expectation never checked before starts: 0 (the whole history) or the current watermark.
     first_entries_after: int = 0
+    #: The ledger position at check time (stored with each entries window; the next check starts at its
+    #: ``settled_id``).
+    position: Position | None = None
 
     def after(self, name: str) -> int:
         return self.entries_after.get(name, self.first_entries_after)
@@ -147,7 +158,8 @@ class RunValues:
         if kind == "entries":
             after = self.after(name)
             return {"entries_after": after, "entries_through": max(self.entries_through, after),
-                    "full_history": after == 0}
+                    "full_history": after == 0,
+                    "position": self.position.to_json() if self.position is not None else None}
         if kind == "tasks":
             return {"tasks_since": self.tasks_since.get(name, _EPOCH).isoformat(),
                     "tasks_until": (self.checked_at - WATERMARK_LAG).isoformat()}
@@ -261,21 +273,34 @@ def read_run_values(conn: Connection, run_id: int, *, full: bool = False,
     params = row.params if isinstance(row.params, dict) else {}
     checked_at = conn.execute(text("select now()")).scalar_one()
     previous = [] if full else conn.execute(text("""
-        select distinct on (expectation) expectation,
+        select distinct on (expectation) expectation, id,
                (details -> 'window' ->> 'entries_through')::bigint as entries_through,
+               details -> 'window' -> 'position' as position,
                (details -> 'window' ->> 'tasks_until')::timestamptz as tasks_until
         from reconciler.quality_results
         where run_id is distinct from :run and jsonb_typeof(details -> 'window') = 'object'
         order by expectation, id desc"""), {"run": run_id}).all()
-    watermark = int(conn.execute(text("""
-        select coalesce(max(id), 0) from customer_ledger_entries where created_at < :cutoff"""),
-        {"cutoff": checked_at - WATERMARK_LAG}).scalar_one())
-    size = int(conn.execute(text("select coalesce(max(id), 0) from customer_ledger_entries")).scalar_one())
+    positions = {r.expectation: Position.from_json(r.position) for r in previous}
+    latest = max(((r.id, positions[r.expectation]) for r in previous if positions[r.expectation] is not None),
+                 default=(0, None), key=lambda item: item[0])[1]
+    now = read_position(conn, latest)
+    skip_history = not full and now.through_id > full_history_limit
+    if latest is None and skip_history:
+        # The first check of a large ledger starts at the current end (documented above): so does what it settles.
+        now = dataclasses.replace(now, settled_id=now.through_id)
+    after: dict[str, int] = {}
+    for r in previous:
+        position = positions[r.expectation]
+        if position is not None:
+            after[r.expectation] = position.settled_id
+        elif r.entries_through is not None:  # a window stored before positions existed
+            after[r.expectation] = int(r.entries_through)
     return RunValues(
-        run_id=run_id, tolerance=run_tolerance(params), entries_through=watermark, checked_at=checked_at,
-        entries_after={r.expectation: int(r.entries_through) for r in previous if r.entries_through is not None},
+        run_id=run_id, tolerance=run_tolerance(params), entries_through=now.through_id, checked_at=checked_at,
+        entries_after=after,
         tasks_since={r.expectation: r.tasks_until for r in previous if r.tasks_until is not None},
-        first_entries_after=0 if full or size <= full_history_limit else watermark)
+        first_entries_after=now.settled_id if skip_history else 0,
+        position=now)
 
 
 # ---- running the suites through GX --------------------------------------------------------------------------
@@ -290,28 +315,35 @@ def gx_connection_string(url: URL) -> str:
 
 
 def check_run_quality(engine: Engine, run_id: int, out_dir: Path | None = None, *,
-                      full: bool = False, read_engine: Engine | None = None) -> QualitySummary:
-    """Run every suite for ``run_id`` through GX (ephemeral context, one Checkpoint), build Data Docs into
+                      full: bool = False, read_engine: Engine | None = None,
+                      ready: Callable[[], None] | None = None) -> QualitySummary:
+    """Run every suite for ``run_id`` through GX (ephemeral context), build Data Docs into
     ``<out_dir>/data_docs`` (default: the run's folder in the report store, RECONCILER_REPORTS_URL) and store one
     result row per expectation. ``full`` makes the incremental checks read the whole ledger history (slow on a
     large ledger). The suites read on ``read_engine`` (default ``engine``), in read-only sessions; only the
-    results are written, on ``engine``."""
+    results are written, on ``engine``. Without a separate ``read_engine``, each expectation's SQL runs once
+    (:func:`stage_unexpected_rows`); with one, GX runs it on the read side itself (count, then rows).
+
+    ``ready`` (a blocking call) splits the check in two: the suites that do not read the run's own results
+    (no ``$run_id`` in their SQL: see :func:`waits_for_run`) are validated first, then ``ready()`` waits (e.g.
+    for the comparison to finish), then the others; everything is stored together at the end, once."""
     started = time.monotonic()
     specs = load_suites()
     reader = read_engine or engine
     with reading(reader) as conn:
         values = read_run_values(conn, run_id, full=full)
     gx_url = gx_connection_string(read_only_url(reader.url))
+    stage_on = engine if read_engine is None else None
     index: Path | str
     if out_dir is not None:
         docs_dir = out_dir / DATA_DOCS_DIR
-        outcomes = run_suites(gx_url, specs, values, docs_dir)
+        outcomes = run_suites(gx_url, specs, values, docs_dir, engine=stage_on, ready=ready)
         docs_location: Path | str = docs_dir
         index = docs_dir / "index.html"
     else:  # the report store (RECONCILER_REPORTS_URL): the same place whichever worker runs this step
         location = report_store.run_location(run_id, DATA_DOCS_DIR)
         with report_store.staged(location, replace=True) as docs_dir:
-            outcomes = run_suites(gx_url, specs, values, docs_dir)
+            outcomes = run_suites(gx_url, specs, values, docs_dir, engine=stage_on, ready=ready)
         local = report_store.is_local(location)
         docs_location = docs_dir if local else location
         index = docs_dir / "index.html" if local else f"{location}/index.html"
@@ -349,14 +381,135 @@ def _quiet() -> Iterator[None]:
         gx_logger.setLevel(level)
 
 
+STAGE_TABLE = "reconciler.quality_unexpected"
+
+
+def staged_query(check_key: str, name: str, columns: Sequence[str]) -> str:
+    """GX's query for an expectation whose unexpected rows were staged: a read of the staged rows with the
+    original columns (JSON values: numbers stay numbers). ``{batch}`` sits in a comment: GX wants it named."""
+    for part in (check_key, name, *columns):
+        if not _STAGE_SAFE.fullmatch(part):
+            raise InvalidOperationError(f"cannot stage an expectation named or shaped {part!r}")
+    picked = ", ".join(f"u.row -> '{c}' AS \"{c}\"" for c in columns) if columns else "u.row AS \"row\""
+    return (f"SELECT {picked} FROM {STAGE_TABLE} AS u WHERE u.check_key = '{check_key}' "
+            f"AND u.expectation = '{name}' ORDER BY u.ordinal /* staged once from {{batch}} */")
+
+
+_STAGE_SAFE = re.compile(r"[A-Za-z0-9_.:\-]+")
+_JOIN = re.compile(r"\bjoin\b", re.IGNORECASE)
+
+
+def stage_unexpected_rows(engine: Engine, check_key: str, specs: Sequence[SuiteSpec],
+                          rendered: Sequence[dict[str, Any]]) -> int:
+    """Run each expectation's SQL ONCE, in PostgreSQL, keeping its unexpected rows in :data:`STAGE_TABLE`, and
+    point the rendered suites' queries at them, so GX's two passes (count, then rows) read only those rows.
+
+    An expectation whose SQL fails here keeps its own query (GX then runs it and reports its error as a failed
+    result, as before): staging is only ever an optimisation."""
+    staged = 0
+    proxied = engine.raw_connection()
+    try:
+        conn = proxied.driver_connection
+        assert isinstance(conn, psycopg.Connection)
+        # The rendered SQL goes to psycopg as it is (no parameters, so no placeholder parsing of its text);
+        # the key and the name are checked plain words.
+        with conn.transaction():
+            for spec, suite in zip(specs, rendered, strict=True):
+                table = f"(SELECT * FROM {spec.schema}.{spec.table})"
+                for expectation in suite.get("expectations", []):
+                    kwargs = expectation["kwargs"]
+                    name = f"{spec.name}.{expectation['meta']['name']}"
+                    if not (_STAGE_SAFE.fullmatch(check_key) and _STAGE_SAFE.fullmatch(name)):
+                        continue
+                    query = kwargs["unexpected_rows_query"]
+                    # As GX substitutes {batch}: aliased, unless the query joins (then it aliases it itself).
+                    batch = table if _JOIN.search(query) else f"{table} AS subselect"
+                    query = query.replace("{batch}", batch)
+                    try:
+                        with conn.transaction():  # a savepoint: a failing query leaves the others staged
+                            conn.execute(f"insert into {STAGE_TABLE} (check_key, expectation, ordinal, row) "
+                                         f"select '{check_key}', '{name}', row_number() over (), to_jsonb(q) "
+                                         f"from ({query}) as q")
+                            first = conn.execute(f"select row from {STAGE_TABLE} where check_key = '{check_key}' "
+                                                 f"and expectation = '{name}' and ordinal = 1").fetchone()
+                    except psycopg.Error as exc:
+                        log.debug("expectation %s not staged (%s); GX runs its own query", name, exc)
+                        continue
+                    columns = list(first[0]) if first is not None and isinstance(first[0], dict) else []
+                    kwargs["unexpected_rows_query"] = staged_query(check_key, name, columns)
+                    staged += 1
+    finally:
+        proxied.close()
+    return staged
+
+
+def clear_staged(engine: Engine, check_key: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(f"delete from {STAGE_TABLE} where check_key = :key"), {"key": check_key})
+
+
+def _cache_gx_templates() -> None:
+    """Data Docs: GX builds a fresh jinja Environment for every page it renders and compiles its templates
+    again each time (most of a build). Give those environments one shared, in-process bytecode cache, so each
+    template compiles once per process. Only the cache is added; the pages are the same."""
+    import jinja2  # noqa: PLC0415
+    from great_expectations.render.view import view  # noqa: PLC0415
+
+    if getattr(view, "_reconciler_cached", False):
+        return
+    cache = _MemoryBytecodeCache()
+    original = view.Environment
+
+    def environment(*args: Any, **kwargs: Any) -> jinja2.Environment:
+        kwargs.setdefault("bytecode_cache", cache)
+        return original(*args, **kwargs)
+
+    view.Environment = environment  # type: ignore[misc,assignment]
+    view._reconciler_cached = True  # type: ignore[attr-defined]
+
+
+class _MemoryBytecodeCache:
+    """A jinja2 bytecode cache in a dict (jinja's own in-memory caches are per Environment)."""
+
+    def __new__(cls) -> Any:
+        import jinja2  # noqa: PLC0415
+
+        class Cache(jinja2.BytecodeCache):
+            def __init__(self) -> None:
+                self._store: dict[str, bytes] = {}
+                self._lock = threading.Lock()
+
+            def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+                with self._lock:
+                    data = self._store.get(bucket.key)
+                if data is not None:
+                    bucket.bytecode_from_string(data)
+
+            def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+                with self._lock:
+                    self._store[bucket.key] = bucket.bytecode_to_string()
+
+        return Cache()
+
+
+def waits_for_run(spec: SuiteSpec) -> bool:
+    """Whether a suite reads the run's own results (``$run_id`` in a query): it must wait for the comparison."""
+    return any("$run_id" in e.get("kwargs", {}).get("unexpected_rows_query", "")
+               for e in spec.data.get("expectations", []))
+
+
 def run_suites(connection_string: str, specs: Sequence[SuiteSpec], values: RunValues,
-               docs_dir: Path) -> list[ExpectationOutcome]:
-    """Evaluate the suites in one ephemeral GX context and one Checkpoint; Data Docs go to ``docs_dir``."""
+               docs_dir: Path, *, engine: Engine | None = None,
+               ready: Callable[[], None] | None = None) -> list[ExpectationOutcome]:
+    """Evaluate the suites in one ephemeral GX context; Data Docs go to ``docs_dir``, built once. With
+    ``engine``, each expectation's SQL runs once (:func:`stage_unexpected_rows`) and GX reads its rows. With
+    ``ready``, the suites that do not wait for the run (:func:`waits_for_run`) go first, then ``ready()``."""
     with _quiet():
         import great_expectations as gx  # noqa: PLC0415  (2.5 s import: only when the step runs)
         from great_expectations.core.run_identifier import RunIdentifier  # noqa: PLC0415
         from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: PLC0415
 
+        _cache_gx_templates()
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         if docs_dir.is_dir():  # a rerun replaces the run's Data Docs, as it replaces its stored results
@@ -371,28 +524,46 @@ def run_suites(connection_string: str, specs: Sequence[SuiteSpec], values: RunVa
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
         })
         source = context.data_sources.add_postgres("ledger", connection_string=connection_string)
+        rendered = [render_suite(spec, values) for spec in specs]
+        check_key = f"run-{values.run_id}-{uuid.uuid4().hex}"
+        staged = 0
+        phases = ([[i for i, spec in enumerate(specs) if not waits_for_run(spec)],
+                   [i for i, spec in enumerate(specs) if waits_for_run(spec)]] if ready is not None
+                  else [list(range(len(specs)))])
+        run_results: list[Any] = []
         try:
-            definitions = []
-            for spec in specs:
-                asset = source.add_query_asset(f"{spec.schema}.{spec.table}",
-                                               query=f"SELECT * FROM {spec.schema}.{spec.table}")
-                batch = asset.add_batch_definition_whole_table(f"{spec.schema}.{spec.table}")
-                suite = context.suites.add(gx.ExpectationSuite(**render_suite(spec, values)))
-                definitions.append(context.validation_definitions.add(
-                    gx.ValidationDefinition(name=spec.name, data=batch, suite=suite)))
-            checkpoint = context.checkpoints.add(gx.Checkpoint(
-                name="reconciler_quality", validation_definitions=definitions, actions=[],
-                result_format={"result_format": "COMPLETE"}))
-            result = checkpoint.run(run_id=RunIdentifier(run_name=f"run-{values.run_id}",
-                                                         run_time=values.checked_at))
+            for number, phase in enumerate(phases):
+                if number > 0 and ready is not None:
+                    ready()
+                if not phase:
+                    continue
+                if engine is not None:
+                    staged += stage_unexpected_rows(engine, check_key, [specs[i] for i in phase],
+                                                    [rendered[i] for i in phase])
+                definitions = []
+                for i in phase:
+                    spec = specs[i]
+                    asset = source.add_query_asset(f"{spec.schema}.{spec.table}",
+                                                   query=f"SELECT * FROM {spec.schema}.{spec.table}")
+                    batch = asset.add_batch_definition_whole_table(f"{spec.schema}.{spec.table}")
+                    suite = context.suites.add(gx.ExpectationSuite(**rendered[i]))
+                    definitions.append(context.validation_definitions.add(
+                        gx.ValidationDefinition(name=spec.name, data=batch, suite=suite)))
+                checkpoint = context.checkpoints.add(gx.Checkpoint(
+                    name=f"reconciler_quality_{number}", validation_definitions=definitions, actions=[],
+                    result_format={"result_format": "COMPLETE"}))
+                run_results.append(checkpoint.run(run_id=RunIdentifier(run_name=f"run-{values.run_id}",
+                                                                       run_time=values.checked_at)))
             # One build of the whole site once every suite is validated: UpdateDataDocsAction would rebuild
             # the index once per validation definition (measured: 1.7 s instead of 2.8 s for three suites).
             context.build_data_docs(site_names=["run"])
         finally:
             source.get_engine().dispose()
+            if engine is not None and staged:
+                clear_staged(engine, check_key)
         make_offline(docs_dir)  # GX's pages load their CSS and scripts from CDNs: serve installed copies
     outcomes: list[ExpectationOutcome] = []
-    for suite_result in result.run_results.values():
+    for suite_result in (r for result in run_results for r in result.run_results.values()):
         for item in suite_result.results:
             outcomes.append(outcome_from_result(suite_result.suite_name, item.to_json_dict(), values))
     order = {spec.name: i for i, spec in enumerate(specs)}

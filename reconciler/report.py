@@ -33,6 +33,7 @@ from reconciler.report_model import (
     BookTotals,
     CauseGroup,
     ChangeCounts,
+    ComparedTotals,
     DriftLine,
     HistoryPoint,
     OutcomeGroup,
@@ -60,29 +61,33 @@ CSV_COLUMNS = ("customer_id", "stored_balance", "ledger_sum", "drift", "abs_drif
 
 def build_run_report(engine: Engine, run_id: int, out_dir: Path | None = None, *,
                      now: dt.datetime | None = None, top: int = DEFAULT_TOP_DRIFTS,
-                     trend_runs: int = DEFAULT_TREND_RUNS) -> Path | str:
+                     trend_runs: int = DEFAULT_TREND_RUNS, book_now: bool = False) -> Path | str:
     """Write ``report.html``, ``tasks.csv`` and ``summary.json`` for ``run_id`` into ``out_dir``, or by default
     into the run's folder in the report store (``RECONCILER_REPORTS_URL``, a local folder unless set), and
     return that folder (a ``Path`` when local, the URL otherwise). Raises :class:`RunNotFoundError` for an
-    unknown run."""
+    unknown run. The scope's tie-out comes from the run's own comparison snapshots; ``book_now`` adds the
+    scope as it stands now (a second pass over the ledger)."""
     if out_dir is not None:
         target = Path(out_dir)
         target.mkdir(parents=True, exist_ok=True)
-        _write_report(engine, run_id, target, None, now=now, top=top, trend_runs=trend_runs)
+        _write_report(engine, run_id, target, None, now=now, top=top, trend_runs=trend_runs,
+                      book_now=book_now)
         return target
     location = report_store.run_location(run_id)
     with report_store.staged(location) as target:
-        _write_report(engine, run_id, target, location, now=now, top=top, trend_runs=trend_runs)
+        _write_report(engine, run_id, target, location, now=now, top=top, trend_runs=trend_runs,
+                      book_now=book_now)
     return target if report_store.is_local(location) else location
 
 
 def _write_report(engine: Engine, run_id: int, target: Path, location: str | None, *, now: dt.datetime | None,
-                  top: int, trend_runs: int) -> None:
+                  top: int, trend_runs: int, book_now: bool = False) -> None:
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
         conn.execute(text("set transaction read only"))
         moment = now or conn.execute(text("select now()")).scalar_one()
         docs = _data_docs_href(conn, run_id, target, location)
-        inp = fetch_report_input(conn, run_id, moment, top=top, trend_runs=trend_runs, data_docs_href=docs)
+        inp = fetch_report_input(conn, run_id, moment, top=top, trend_runs=trend_runs, data_docs_href=docs,
+                                 book_now=book_now)
         write_tasks_csv(conn, run_id, target / CSV_NAME)
     model = build_report_model(inp)
     (target / JSON_NAME).write_text(json.dumps(model.to_json(), indent=2) + "\n")
@@ -191,6 +196,23 @@ def fetch_book(conn: Connection, run: RunFacts) -> BookTotals:
                       Decimal(row.unresolved_drift))
 
 
+def fetch_compared(conn: Connection, run: RunFacts) -> ComparedTotals:
+    """The run's scope totals from its own comparison statements (``run_chunks``) and its findings: two small
+    reads, never a pass over the ledger."""
+    from reconciler.run_chunks import compared_totals  # noqa: PLC0415
+
+    totals = compared_totals(conn, run.run_id)
+    found = conn.execute(text("select count(*), coalesce(sum(drift), 0) from reconciler.findings where run_id = :r"),
+                         {"r": run.run_id}).one()
+    return ComparedTotals(
+        chunks=int(totals.chunks), compared_chunks=int(totals.compared_chunks),
+        chunks_with_totals=int(totals.chunks_with_totals), customers=int(totals.customers),
+        cached_total=Decimal(totals.balance_total), ledger_total=Decimal(totals.ledger_total),
+        found_customers=int(found[0]), found_net_drift=Decimal(found[1]),
+        first_compared_at=totals.first_compared_at, last_compared_at=totals.last_compared_at,
+        first_snapshot=totals.first_snapshot, last_snapshot=totals.last_snapshot)
+
+
 def fetch_top_drifts(conn: Connection, run: RunFacts, limit: int) -> tuple[DriftLine, ...]:
     rows = conn.execute(text(f"""
         with {_RUN_TASKS}
@@ -274,14 +296,18 @@ def fetch_quality(conn: Connection, run_id: int) -> tuple[QualityLine, ...]:
 
 
 def fetch_report_input(conn: Connection, run_id: int, now: dt.datetime, *, top: int = DEFAULT_TOP_DRIFTS,
-                       trend_runs: int = DEFAULT_TREND_RUNS, data_docs_href: str | None = None) -> ReportInput:
+                       trend_runs: int = DEFAULT_TREND_RUNS, data_docs_href: str | None = None,
+                       book_now: bool = False) -> ReportInput:
+    """Everything the report shows, in the caller's snapshot. The scope's totals come from the run's own
+    comparison statements; ``book_now`` adds the whole scope as it stands now (one more pass over the
+    ledger: seconds on a large one)."""
     run = fetch_run(conn, run_id)
     return ReportInput(
         run=run, outcomes=fetch_outcomes(conn, run), top_drifts=fetch_top_drifts(conn, run, top),
         causes=fetch_causes(conn, run_id), unresolved=fetch_unresolved(conn, run), changes=fetch_changes(conn, run),
         history=fetch_history(conn, run_id, trend_runs), quality=fetch_quality(conn, run_id), now=now,
-        book=fetch_book(conn, run), data_docs_href=data_docs_href, writers=fetch_writers(conn, run_id),
-        audit_head=fetch_audit_head(conn))
+        book=fetch_book(conn, run) if book_now else None, compared=fetch_compared(conn, run),
+        data_docs_href=data_docs_href, writers=fetch_writers(conn, run_id), audit_head=fetch_audit_head(conn))
 
 
 def fetch_writers(conn: Connection, run_id: int) -> WritersFacts:

@@ -98,6 +98,44 @@ class BookTotals:
 
 
 @dataclass(frozen=True)
+class ComparedTotals:
+    """The run's scope as its comparison statements saw it (``reconciler.run_chunks``, migration 0008): each
+    chunk's customers, sum of cached balances and sum of ledger sums, read in that chunk's one snapshot, and
+    the net drift of the customers the same statements found drifting (``reconciler.findings``).
+
+    ``chunks_with_totals < compared_chunks`` when some chunks were compared before totals were recorded."""
+
+    chunks: int
+    compared_chunks: int
+    chunks_with_totals: int
+    customers: int
+    cached_total: Decimal
+    ledger_total: Decimal
+    found_customers: int
+    found_net_drift: Decimal
+    first_compared_at: dt.datetime | None = None
+    last_compared_at: dt.datetime | None = None
+    first_snapshot: str | None = None
+    last_snapshot: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.chunks > 0 and self.chunks_with_totals == self.compared_chunks == self.chunks
+
+    def describe_snapshot(self) -> str:
+        """Which snapshot the totals are from, in words."""
+        if self.chunks_with_totals == 0:
+            return "no chunk has recorded totals"
+        when = ""
+        if self.first_compared_at is not None and self.last_compared_at is not None:
+            when = (f", between {self.first_compared_at:%Y-%m-%d %H:%M:%S} and "
+                    f"{self.last_compared_at:%Y-%m-%d %H:%M:%S} UTC")
+        shots = f" (snapshots {self.first_snapshot} ... {self.last_snapshot})" if self.first_snapshot else ""
+        return (f"as compared by this run: {self.chunks_with_totals:,} chunk(s), each read in one snapshot of its "
+                f"own comparison statement{when}{shots}")
+
+
+@dataclass(frozen=True)
 class DriftLine:
     """One finding with its explanation and its task."""
 
@@ -213,6 +251,7 @@ class ReportInput:
     now: dt.datetime
     book: BookTotals | None = None
     data_docs_href: str | None = None
+    compared: ComparedTotals | None = None
     writers: WritersFacts | None = None
     audit_head: AuditAnchor | None = None
 
@@ -339,6 +378,8 @@ class ReportModel:
     quality: QualityView
     warnings: tuple[str, ...]
     now: dt.datetime
+    tie_out_compared: tuple[TieOutLine, ...] = ()
+    compared_snapshot: str | None = None
     writers: WritersView | None = None
     busy: tuple[BusyLine, ...] = ()
     audit_head: AuditAnchor | None = None
@@ -360,6 +401,8 @@ class ReportModel:
             "without_task": s.without_task, "halted": s.halted, "halted_reason": s.halted_reason,
             "error": s.error,
             "tie_out": {"as_found": [_line_json(line) for line in self.tie_out_found],
+                        "as_compared": [_line_json(line) for line in self.tie_out_compared],
+                        "as_compared_snapshot": self.compared_snapshot,
                         "book_now": [_line_json(line) for line in self.tie_out_book]},
             "causes": {c.cause: {"customers": c.customers, "net_drift": str(c.net_drift),
                                  "abs_drift": str(c.abs_drift)} for c in self.causes},
@@ -534,6 +577,27 @@ def build_tie_out_book(book: BookTotals | None) -> tuple[TieOutLine, ...]:
     )
 
 
+def build_tie_out_compared(compared: ComparedTotals | None) -> tuple[TieOutLine, ...]:
+    """The run's whole scope as compared, from the comparison statements' own totals (no second pass): total
+    cached balances, total ledger sums, their difference, and how much of it the run found drifting; the
+    rest is the drift within tolerance. Exact: per chunk, the difference IS the sum of every customer's
+    drift in that chunk's snapshot. Empty unless every chunk recorded its totals."""
+    if compared is None or not compared.complete:
+        return ()
+    difference = compared.cached_total - compared.ledger_total
+    return (
+        TieOutLine("compared_cached", "Total cached balances, as compared", compared.cached_total, 0,
+                   compared.customers),
+        TieOutLine("compared_ledger", "Total of ledger sums, as compared", compared.ledger_total, 0,
+                   compared.customers),
+        TieOutLine("compared_difference", "Difference = total net drift as compared", difference, 0),
+        TieOutLine("compared_found", "of which drifting customers found by the run", compared.found_net_drift, 1,
+                   compared.found_customers),
+        TieOutLine("compared_within_tolerance", "of which other customers (within tolerance)",
+                   difference - compared.found_net_drift, 1),
+    )
+
+
 def age_bucket(opened_at: dt.datetime, now: dt.datetime) -> int:
     """Index into :data:`AGING_LABELS`: 0-1 days is [0, 1), 1-7 is [1, 7), 7-30 is [7, 30), then 30+."""
     age = now - opened_at
@@ -636,6 +700,8 @@ def build_report_model(inp: ReportInput) -> ReportModel:
         summary=summary,
         tie_out_found=build_tie_out_found(inp.outcomes),
         tie_out_book=build_tie_out_book(inp.book),
+        tie_out_compared=build_tie_out_compared(inp.compared),
+        compared_snapshot=inp.compared.describe_snapshot() if inp.compared is not None else None,
         top_drifts=tuple(inp.top_drifts),
         causes=build_causes(inp.causes),
         aging=build_aging(inp.unresolved, inp.now),

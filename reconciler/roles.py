@@ -40,6 +40,8 @@ CORE_TABLES = {"balance_reconciliations": ("SELECT", "INSERT"), "tasks": ("SELEC
 OPERATOR_TABLES = {"runs": ("SELECT", "INSERT", "UPDATE"), "run_chunks": ("SELECT", "INSERT", "UPDATE"),
                    "findings": ("SELECT", "INSERT", "UPDATE"), "tasks": ("SELECT", "INSERT", "UPDATE"),
                    "quality_results": ("SELECT", "INSERT", "DELETE"),
+                   # migration 0008: a check's unexpected rows, staged once and deleted by the same check
+                   "quality_unexpected": ("SELECT", "INSERT", "DELETE"),
                    # incremental runs: a finished run moves the verified point and prunes the feed it covers
                    "verified_point": ("SELECT", "INSERT", "UPDATE"), "change_feed": ("SELECT", "DELETE")}
 

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from reconciler.chunks import Chunk
+from reconciler.compare import ChunkComparison
 from reconciler.schema import run_chunks
 
 
@@ -40,11 +41,37 @@ def lock_chunk(conn: Connection, run_id: int, chunk_index: int) -> Any | None:
                         .with_for_update()).one_or_none()
 
 
-def mark_compared(conn: Connection, run_id: int, chunk: Chunk, drift_count: int) -> None:
+def mark_compared(conn: Connection, run_id: int, chunk: Chunk, drift_count: int,
+                  totals: ChunkComparison | None = None) -> None:
+    """Mark the chunk compared with its drift count and, when given, the totals its comparison statement
+    returned (customers compared, sum of balances, sum of ledger sums, the snapshot it read)."""
+    values: dict[str, object] = {"status": "compared", "customers_checked": chunk.customers,
+                                 "drift_count": drift_count, "compared_at": text("now()")}
+    if totals is not None:
+        values.update(compared_customers=totals.customers, balance_total=totals.balance_total,
+                      ledger_total=totals.ledger_total, snapshot=totals.snapshot)
     conn.execute(run_chunks.update()
                  .where(run_chunks.c.run_id == run_id, run_chunks.c.chunk_index == chunk.index)
-                 .values(status="compared", customers_checked=chunk.customers, drift_count=drift_count,
-                         compared_at=text("now()")))
+                 .values(**values))
+
+
+def compared_totals(conn: Connection, run_id: int) -> Any:
+    """The run's totals as its comparison statements saw them: chunks planned and compared, chunks compared
+    with recorded totals, customers compared, sum of balances, sum of ledger sums, first and last
+    ``compared_at``, and the snapshots of the first and the last chunk compared."""
+    return conn.execute(text("""
+        select count(*) as chunks,
+               count(*) filter (where status = 'compared') as compared_chunks,
+               count(balance_total) as chunks_with_totals,
+               coalesce(sum(compared_customers), 0) as customers,
+               coalesce(sum(balance_total), 0) as balance_total,
+               coalesce(sum(ledger_total), 0) as ledger_total,
+               min(compared_at) as first_compared_at, max(compared_at) as last_compared_at,
+               (array_agg(snapshot order by compared_at, chunk_index)
+                    filter (where snapshot is not null))[1] as first_snapshot,
+               (array_agg(snapshot order by compared_at desc, chunk_index desc)
+                    filter (where snapshot is not null))[1] as last_snapshot
+        from reconciler.run_chunks where run_id = :run"""), {"run": run_id}).one()
 
 
 def compared_chunks(conn: Connection, run_id: int) -> list[Any]:

@@ -24,6 +24,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
 from sqlalchemy.dialects.postgresql import base as postgresql_base
 from sqlalchemy.types import UserDefinedType
 
+from reconciler import vocabulary
+
 SCHEMA = "reconciler"
 MONEY = Numeric(18, 2, asdecimal=True)
 #: Totals over many customers can exceed a single balance's range.
@@ -95,6 +97,11 @@ run_chunks = Table(
     Column("drift_count", BigInteger),
     Column("compared_at", DateTime(timezone=True)),
     Column("customer_ids", ARRAY(BigInteger)),  # migration 0009: an incremental chunk compares only these
+    # migration 0008: totals of the comparison statement itself (the report's tie-out, no second pass)
+    Column("compared_customers", BigInteger),
+    Column("balance_total", TOTAL),
+    Column("ledger_total", TOTAL),
+    Column("snapshot", Text),
     schema=SCHEMA,
 )
 
@@ -157,6 +164,19 @@ quality_results = Table(
     schema=SCHEMA,
 )
 
+#: migration 0008: an expectation's unexpected rows, computed once per check and read back by GX (unlogged,
+#: deleted by the check that wrote them; written only by reconciler.quality).
+quality_unexpected = Table(
+    "quality_unexpected",
+    metadata,
+    Column("check_key", Text, primary_key=True),
+    Column("expectation", Text, primary_key=True),
+    Column("ordinal", BigInteger, primary_key=True),
+    Column("row", JSONB, nullable=False),
+    schema=SCHEMA,
+    prefixes=["UNLOGGED"],
+)
+
 demo_plants = Table(
     "demo_plants",
     metadata,
@@ -199,7 +219,7 @@ bypass_writes = Table(
 
 RUN_STATUSES = ("running", "succeeded", "failed", "halted")
 RUN_TRIGGERS = ("scheduled", "manual", "cli")
-TASK_STATUSES = ("open", "needs_review", "corrected", "dismissed")
+TASK_STATUSES = vocabulary.TASK_STATUSES
 UNRESOLVED_STATUSES = ("open", "needs_review")
 TASK_SOURCES = ("run", "realtime", "bypass")
 

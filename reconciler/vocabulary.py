@@ -12,6 +12,9 @@ from typing import Final
 
 from reconciler.errors import InvalidOperationError
 
+#: A task's statuses (``reconciler.tasks.status``); the CLI validates ``--status`` against them without
+#: importing SQLAlchemy.
+TASK_STATUSES: Final = ("open", "needs_review", "corrected", "dismissed")
 #: ``ledger`` sets the balance to the ledger sum; ``balance`` posts an adjusting entry.
 POLICIES: Final = ("ledger", "balance")
 DEFAULT_POLICY: Final = "ledger"

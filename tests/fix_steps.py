@@ -22,6 +22,7 @@ def quick_quality_and_report(request: pytest.FixtureRequest, monkeypatch: pytest
         return
     from reconciler import quality, report
 
+    monkeypatch.setenv("RECONCILER_QUALITY_WORKER", "off")  # the stand-ins below live in this process only
     monkeypatch.setattr(quality, "check_run_quality",
                         lambda engine, run_id, out_dir=None, **_: quality.QualitySummary(evaluated=0, failed=0))
     monkeypatch.setattr(report, "build_run_report", lambda engine, run_id, out_dir=None: Path("/nonexistent/report"))

@@ -30,7 +30,9 @@ baseline; round trips and client CPU per statement decide it, as measured in ben
   under the lock, then settles the balance and logs the reconciliation in one CTE.
 - Every row lock is ``FOR NO KEY UPDATE``, the lock a plain UPDATE takes: the core never changes a key, so
   it never blocks another session's KEY SHARE (a foreign key check on a row referencing the customer).
-- Each call checks a connection out of the engine's pool (plus its pre-ping, when configured); a worker
+- A payment or an uncached read runs on a pooled connection the manager keeps in autocommit between calls
+  (its liveness judged without a round trip, see :func:`reconciler.db.connection_is_alive`; returned to the
+  pool when it runs short, or by ``close()``); a worker
   loop can hold one connection for many calls with ``with manager.pinned() as core: ...``.
 
 Real-time validation is O(1) per change (one backward step on the ``(customer_id, id)`` index): the

@@ -17,17 +17,18 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import psycopg
 from sqlalchemy import Connection, Engine, TextClause
 from sqlalchemy.exc import DBAPIError
 
 from reconciler import tasks as task_lifecycle
-from reconciler.db import describe_url
+from reconciler.db import connection_is_alive, describe_url
 from reconciler.db_errors import (
     is_connection_failure,
     is_lock_not_available,
@@ -100,6 +101,40 @@ T = TypeVar("T")
 _CURSOR_INFO_KEY = "reconciler.balances.cursor"
 
 
+#: At most this many connections are kept by one manager between calls (fewer when the pool runs short).
+_MAX_IDLE_HELD = 32
+
+
+class _Held:
+    """A pooled connection this manager keeps checked out between calls, in autocommit, with its cursor."""
+
+    __slots__ = ("conn", "cursor", "fairy", "since")
+
+    def __init__(self, fairy: Any, conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any]) -> None:
+        self.fairy, self.conn, self.cursor, self.since = fairy, conn, cursor, time.monotonic()
+
+
+def _release(held: _Held) -> None:
+    """Back to the pool, transactional again (what SQLAlchemy expects); a broken one is discarded."""
+    try:
+        if held.conn.broken or held.conn.closed:
+            held.fairy.invalidate()
+            return
+        held.conn.autocommit = False
+        held.fairy.close()
+    except Exception:  # the pool may be disposed, the interpreter ending: the connection goes either way
+        log.debug("could not return a held connection to the pool", exc_info=True)
+
+
+def _release_all(idle: list[_Held]) -> None:
+    while idle:
+        try:
+            held = idle.pop()
+        except IndexError:
+            return
+        _release(held)
+
+
 class _KeyTaken(Exception):
     """Internal: the idempotency key already belongs to an entry; carries the keyed entries."""
 
@@ -117,9 +152,10 @@ class BalanceManager:
     ``max_retries`` bounds the retries of one operation on serialization failures and deadlocks.
     ``clock`` is the cache's monotonic clock (injectable for tests).
 
-    The engine must use psycopg 3 (``reconciler.db.make_engine`` does). A payment costs one round trip
-    plus the pool's pre-ping when the engine has one: high-rate callers may pass an engine built with
-    ``pool_pre_ping=False`` (see bench/README.md for what that buys).
+    The engine must use psycopg 3 (``reconciler.db.make_engine`` does). A payment costs one round trip, and
+    so does an uncached ``get_balance`` (one primary-key read): ``make_engine`` checks a pooled connection's
+    liveness without a round trip (:func:`reconciler.db.connection_is_alive`), and the statements are
+    prepared on the server at their first use on a connection (see bench/README.md).
     """
 
     def __init__(self, engine: Engine, cache_ttl: float | None = None, *, allow_negative: bool = False,
@@ -140,6 +176,8 @@ class BalanceManager:
                 f"build the engine with reconciler.db.make_engine")
         self._compiled: dict[TextClause, str] = {}
         self._pinned: Connection | None = None
+        self._idle: list[_Held] = []
+        weakref.finalize(self, _release_all, self._idle)
         self._stats = {"retries": 0, "locked_path": 0}
         self._stats_lock = threading.Lock()
 
@@ -183,10 +221,11 @@ class BalanceManager:
             cached, generation = self._cache.get(customer_id)
             if cached is not None:
                 return cached
-        with self._reading() as conn:
-            balance = conn.execute(_READ_BALANCE, {"customer_id": customer_id}).scalar_one_or_none()
-        if balance is None:
+        # ONE primary-key read in autocommit on the pooled psycopg connection: no BEGIN, no ROLLBACK on return.
+        row = self._execute_autocommit(_READ_BALANCE, {"customer_id": customer_id}, one=False)
+        if row is None:
             raise _not_found(customer_id)
+        balance = row[0]
         if self._cache is not None:
             self._cache.put(customer_id, balance, generation)
         return Decimal(balance)
@@ -441,21 +480,35 @@ class BalanceManager:
 
     # -- helpers ------------------------------------------------------------------------------------
 
-    def _execute_autocommit(self, statement: TextClause, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        """Run one statement as its own transaction and return its single row.
+    @overload
+    def _execute_autocommit(self, statement: TextClause, params: Mapping[str, Any]) -> tuple[Any, ...]: ...
+
+    @overload
+    def _execute_autocommit(self, statement: TextClause, params: Mapping[str, Any], *,
+                            one: bool) -> tuple[Any, ...] | None: ...
+
+    def _execute_autocommit(self, statement: TextClause, params: Mapping[str, Any], *,
+                            one: bool = True) -> tuple[Any, ...] | None:
+        """Run one statement as its own transaction and return its single row (with ``one=False``: its first
+        row, or None).
 
         This is the hot path, measured: SQLAlchemy's execution layer plus BEGIN and COMMIT cost about as
         much client CPU as the database work itself, so the statement (a Core ``text()`` construct, bound
         parameters only, compiled once for this engine's dialect) runs on the psycopg connection itself in
-        autocommit mode: one round trip, with a cursor kept per connection. The connection is the pinned
-        one (see :meth:`pinned`) or one checked out of the engine's pool for this call. Driver errors are
+        autocommit mode: one round trip, with a cursor kept per connection and the statement prepared on the
+        server at its first use there (``prepare=True``: later calls send only the parameters). The connection
+        is the pinned one (see :meth:`pinned`) or one this manager keeps in autocommit between calls
+        (:meth:`_execute_held`; its liveness checked without a round trip,
+        :func:`reconciler.db.connection_is_alive`). Driver errors are
         wrapped in SQLAlchemy's DBAPIError like any other statement's, and a broken connection is
         invalidated rather than reused."""
         sql = self._compiled.get(statement)
         if sql is None:
             sql = self._compiled[statement] = str(statement.compile(dialect=self.engine.dialect))
         pinned = self._pinned
-        proxied = pinned.connection if pinned is not None else self.engine.raw_connection()
+        if pinned is None:
+            return self._execute_held(sql, params, one)
+        proxied = pinned.connection
         conn = proxied.driver_connection
         assert isinstance(conn, psycopg.Connection)
         try:
@@ -464,8 +517,8 @@ class BalanceManager:
                 cursor = proxied.info.get(_CURSOR_INFO_KEY)
                 if cursor is None or cursor.closed or cursor.connection is not conn:
                     cursor = proxied.info[_CURSOR_INFO_KEY] = conn.cursor()
-                row = cursor.execute(sql, params).fetchone()
-                assert row is not None  # the statement always returns exactly one row
+                row = cursor.execute(sql, params, prepare=True).fetchone()
+                assert row is not None or not one  # the change statements always return exactly one row
                 return row
             finally:
                 if not conn.broken:
@@ -474,13 +527,61 @@ class BalanceManager:
             raise DBAPIError.instance(sql, params, exc, psycopg.Error, dialect=self.engine.dialect,
                                       connection_invalidated=conn.broken) from exc
         finally:
-            if pinned is not None:
-                if conn.broken:
-                    pinned.invalidate()  # the pinned Connection reconnects on its next use
-            elif conn.broken:
-                proxied.invalidate()
+            if conn.broken:
+                pinned.invalidate()  # the pinned Connection reconnects on its next use
+
+    def _execute_held(self, sql: str, params: Mapping[str, Any], one: bool) -> tuple[Any, ...] | None:
+        """The unpinned hot path: the statement on a connection this manager keeps in autocommit between calls
+        (:class:`_Held`, at most as many as calls ran at once, and only while the pool keeps spare connections
+        for everyone else), so a call costs no pool checkout, no reset on return and no autocommit switch."""
+        held = self._borrow()
+        try:
+            row = held.cursor.execute(sql, params, prepare=True).fetchone()
+        except psycopg.Error as exc:
+            broken = held.conn.broken
+            if broken:
+                held.fairy.invalidate()
             else:
-                proxied.close()
+                self._give_back(held)  # autocommit: the failed statement left no transaction behind
+            raise DBAPIError.instance(sql, params, exc, psycopg.Error, dialect=self.engine.dialect,
+                                      connection_invalidated=broken) from exc
+        self._give_back(held)
+        assert row is not None or not one  # the change statements always return exactly one row
+        return row
+
+    def _borrow(self) -> _Held:
+        while True:
+            try:
+                held = self._idle.pop()
+            except IndexError:
+                break
+            if connection_is_alive(held.conn, time.monotonic() - held.since):
+                return held
+            held.fairy.invalidate()  # found dead before anything was sent: a fresh one is safe
+        fairy = self.engine.raw_connection()
+        conn = fairy.driver_connection
+        assert isinstance(conn, psycopg.Connection)
+        try:
+            conn.autocommit = True
+        except psycopg.Error:
+            fairy.invalidate()
+            raise
+        return _Held(fairy, conn, conn.cursor())
+
+    def _give_back(self, held: _Held) -> None:
+        pool = self.engine.pool
+        size, checked_out = getattr(pool, "size", None), getattr(pool, "checkedout", None)
+        if (callable(size) and callable(checked_out) and checked_out() < size()
+                and len(self._idle) < _MAX_IDLE_HELD and not held.conn.broken):
+            held.since = time.monotonic()
+            self._idle.append(held)
+        else:
+            _release(held)
+
+    def close(self) -> None:
+        """Return the connections this manager keeps between calls to the engine's pool (they are also returned
+        when the manager is garbage-collected). The manager stays usable."""
+        _release_all(self._idle)
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:

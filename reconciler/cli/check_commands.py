@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import typer
 
-from reconciler.cli.app import ExitCode, app, emit_json, fail, open_engine
+from reconciler.cli.app import ExitCode, app, emit_json, fail
 from reconciler.errors import CustomerNotFoundError, InvalidAmountError
 
 
@@ -35,7 +35,8 @@ def check(
     tolerance: str = typer.Option("0.01", "--tolerance", help="Drift allowed before it counts (strictly greater)."),
 ) -> None:
     """Compare a customer's stored balance with the sum of its ledger entries (exit 0 ok, 1 drifting)."""
-    from reconciler.balances import BalanceManager  # noqa: PLC0415  (keeps `reconciler --help` fast)
+    # psycopg alone: no SQLAlchemy, no balance core, no pool (bench/README.md, CLI start-up)
+    from reconciler.balance_check import check_balance, ledger_conninfo  # noqa: PLC0415
     from reconciler.money import format_money, to_tolerance  # noqa: PLC0415
 
     try:
@@ -43,7 +44,7 @@ def check(
     except InvalidAmountError as exc:
         fail(f"--tolerance: {exc}", ExitCode.USAGE)
     try:
-        result = BalanceManager(open_engine()).validate_balance(customer_id, tolerance=limit)
+        result = check_balance(ledger_conninfo(), customer_id, limit)
     except CustomerNotFoundError as exc:
         if as_json:
             emit_json({"customer_id": customer_id, "error": "customer_not_found", "message": str(exc)})

@@ -12,9 +12,9 @@ from typing import Annotated
 
 import typer
 
-from reconciler.cli.app import ExitCode, app, emit_json, fail, open_engine
+from reconciler.cli.app import _PLAIN, ExitCode, app, emit_json, fail, open_engine
 
-guard_app = typer.Typer(no_args_is_help=True,
+guard_app = typer.Typer(no_args_is_help=True, **_PLAIN,
                         help="See (observe) or refuse (enforce) writes made around the balance core.")
 app.add_typer(guard_app, name="guard")
 

@@ -22,6 +22,7 @@ from reconciler.errors import (
     DatabaseLostError,
     RunFailedError,
 )
+from reconciler.quality_worker import QualityWorker
 
 from .correct import apply_run_corrections
 from .options import Progress, RunOptions
@@ -105,17 +106,18 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
                     runs.heartbeat(lock_conn, run_id, min_interval=HEARTBEAT_INTERVAL)
 
             step = "starting"
+            # GX's import and the suites that need not wait run in a child beside the comparison
+            # (reconciler.quality_worker); with a separate read URL the step stays here, on that URL.
+            worker = None if read_engine is not None else QualityWorker.start(
+                engine.url.render_as_string(hide_password=False), run_id, workers=options.workers)
             try:
-                from reconciler.quality import preload_great_expectations  # noqa: PLC0415  (light module)
-
-                preload_great_expectations()  # the 2.5 s import overlaps with comparing the chunks
                 step = "planning its chunks"
                 plan = plan_run(engine, run_id, read_engine=read_engine)  # the snapshot where comparisons read
                 step = "comparing its chunks"
                 _compare_all(engine, run_id, plan, options, progress, beat, read_engine)
                 beat()
                 step = "checking data quality"
-                check_quality(engine, run_id, read_engine=read_engine)
+                check_quality(engine, run_id, read_engine=read_engine, worker=worker)
                 step = "opening tasks"
                 open_run_tasks(engine, run_id)
                 step = "correcting"
@@ -138,6 +140,9 @@ def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "c
             except BaseException:
                 _record_failure(engine, run_id, "interrupted; a new run redoes the work without duplicates")
                 raise
+            finally:
+                if worker is not None:
+                    worker.close()
         finally:
             try:
                 if lock_conn.in_transaction():

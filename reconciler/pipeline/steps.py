@@ -25,7 +25,7 @@ from reconciler import findings as finding_store
 from reconciler import run_chunks as chunk_store
 from reconciler import runs, tasks
 from reconciler.chunks import Chunk
-from reconciler.compare import Drift, compare_chunk
+from reconciler.compare import ChunkComparison, compare_chunk_totals
 from reconciler.corrections import (
     DEFAULT_STATEMENT_TIMEOUT,
 )
@@ -37,6 +37,7 @@ from reconciler.errors import (
 )
 from reconciler.explain import Explanation, explain_drifts
 from reconciler.money import ZERO
+from reconciler.quality_worker import QualityWorker
 
 from .incremental import plan_scope, verify_snapshot
 from .options import RunOptions
@@ -144,10 +145,10 @@ def plan_run(engine: Engine, run_id: int, *, read_engine: Engine | None = None) 
 
 
 def _find_drifts(conn: Connection, chunk: Chunk, options: RunOptions,
-                 customer_ids: Sequence[int] | None = None) -> tuple[list[Drift], dict[int, Explanation]]:
-    drifts = compare_chunk(conn, chunk, options.tolerance,
-                           customer_ids=customer_ids if customer_ids is not None else options.customer_ids)
-    return drifts, (explain_drifts(conn, drifts) if drifts else {})
+                 customer_ids: Sequence[int] | None = None) -> tuple[ChunkComparison, dict[int, Explanation]]:
+    compared = compare_chunk_totals(conn, chunk, options.tolerance,
+                                    customer_ids=customer_ids if customer_ids is not None else options.customer_ids)
+    return compared, (explain_drifts(conn, compared.drifts) if compared.drifts else {})
 
 
 def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions,
@@ -169,9 +170,10 @@ def _compare(engine: Engine, run_id: int, chunk_index: int, options: RunOptions,
         # every correction re-verifies on the primary under the row lock.
         with reading(read_engine or engine) as reader:
             _local_timeouts(reader)
-            drifts, explanations = _find_drifts(reader, chunk, options, ids)
+            compared, explanations = _find_drifts(reader, chunk, options, ids)
+        drifts = compared.drifts
         finding_store.stage_findings(conn, run_id, chunk_index, drifts, explanations)
-        chunk_store.mark_compared(conn, run_id, chunk, len(drifts))
+        chunk_store.mark_compared(conn, run_id, chunk, len(drifts), compared)
         return {"chunk_index": chunk_index, "customers_checked": chunk.customers, "drift_count": len(drifts)}
 
 
@@ -188,20 +190,30 @@ def compare_run_chunk(engine: Engine, run_id: int, chunk_index: int, *,
     return result
 
 
-def check_quality(engine: Engine, run_id: int, *, read_engine: Engine | None = None) -> dict[str, object]:
+def check_quality(engine: Engine, run_id: int, *, read_engine: Engine | None = None,
+                  worker: QualityWorker | None = None) -> dict[str, object]:
     """Run the expectation suites on the run (:func:`reconciler.quality.check_run_quality`), reading on
-    ``read_engine`` when given (read only either way); the outcome is recorded on the run and returned."""
-    from reconciler.quality import check_run_quality  # noqa: PLC0415  (Great Expectations is heavy)
-
+    ``read_engine`` when given (read only either way); the outcome is recorded on the run and returned. With
+    ``worker`` (:mod:`reconciler.quality_worker`, started when the run began so GX was imported beside the
+    comparison) the child runs them; if it cannot, this process does."""
     with engine.connect() as conn:
         runs.require_running(conn, run_id)
-    if read_engine is not None:
-        wait_for_read_side(engine, read_engine, run_id)
-    result = check_run_quality(engine, run_id, read_engine=read_engine)
-    docs = getattr(result, "data_docs_path", None)
-    quality: dict[str, object] = {"evaluated": int(result.evaluated), "failed": int(result.failed),
-                                  "warnings": int(getattr(result, "warnings", 0)),
-                                  "success": bool(result.success), "data_docs_path": str(docs) if docs else None}
+    answered = worker.check(run_id) if worker is not None else None
+    if answered is not None:
+        docs = answered.get("data_docs_path")
+        quality: dict[str, object] = {"evaluated": int(answered["evaluated"]), "failed": int(answered["failed"]),
+                                      "warnings": int(answered["warnings"]), "success": bool(answered["success"]),
+                                      "data_docs_path": docs}
+    else:
+        from reconciler.quality import check_run_quality  # noqa: PLC0415  (Great Expectations is heavy)
+
+        if read_engine is not None:
+            wait_for_read_side(engine, read_engine, run_id)
+        result = check_run_quality(engine, run_id, read_engine=read_engine)
+        found_docs = getattr(result, "data_docs_path", None)
+        quality = {"evaluated": int(result.evaluated), "failed": int(result.failed),
+                   "warnings": int(getattr(result, "warnings", 0)), "success": bool(result.success),
+                   "data_docs_path": str(found_docs) if found_docs else None}
     with engine.begin() as conn:
         runs.merge_outcome(conn, run_id, {"quality": quality})
         runs.heartbeat(conn, run_id)

@@ -96,3 +96,33 @@ def test_console_script_exit_codes(ledger: Engine, database_env: URL) -> None:
     codes = [subprocess.run([str(script), "check", cid], env=env, cwd=ROOT, capture_output=True, text=True,
                             check=False).returncode for cid in ("1", "2", "404")]
     assert codes == [0, 1, 2]
+
+
+def test_check_reads_what_the_core_reads(ledger: Engine, database_env: URL) -> None:
+    """The CLI's psycopg-only check gives the same figures and verdict as BalanceManager.validate_balance."""
+    from decimal import Decimal
+
+    from reconciler.balance_check import check_balance, ledger_conninfo
+    from reconciler.balances import BalanceManager
+
+    manager = BalanceManager(ledger)
+    for customer_id in (1, 2, 3):
+        core = manager.validate_balance(customer_id, tolerance=Decimal("0.01"))
+        light = check_balance(ledger_conninfo(), customer_id, Decimal("0.01"))
+        assert (light.stored_balance, light.ledger_sum, light.drift, light.ok, light.entry_count) == (
+            core.stored_balance, core.ledger_sum, core.drift, core.ok, core.entry_count)
+
+
+def test_check_imports_neither_sqlalchemy_nor_the_core(ledger: Engine, database_env: URL) -> None:
+    """`reconciler check` and `reconciler --help` start without SQLAlchemy, the balance core or rich."""
+    probe = ("import sys, runpy\n"
+             "sys.argv = ['reconciler'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_module('reconciler', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "heavy = sorted(m for m in ('sqlalchemy', 'reconciler.balances', 'rich', 'great_expectations',"
+             " 'matplotlib', 'pandas') if m in sys.modules)\n"
+             "print('HEAVY', heavy, file=sys.stderr)\n")
+    for args in (["--help"], ["check", "1", "--json"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT,
+                              env=os.environ.copy(), check=False)
+        assert "HEAVY []" in done.stderr, (args, done.stderr[-2000:])

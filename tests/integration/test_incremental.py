@@ -144,7 +144,7 @@ def test_a_write_committing_while_the_run_compares_is_found_by_this_run_or_the_n
     writer.execute("update customers set balance = balance + 4 where id = 11")  # open, uncommitted
     write_around_core(guarded, "balance", 12, "3.00")  # committed before the run: in its scope
     committed = threading.Event()
-    real = steps.compare_chunk
+    real = steps.compare_chunk_totals
 
     def compare_then_commit(*args: Any, **kwargs: Any) -> Any:
         if not committed.is_set():
@@ -152,14 +152,14 @@ def test_a_write_committing_while_the_run_compares_is_found_by_this_run_or_the_n
             committed.set()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(steps, "compare_chunk", compare_then_commit)
+    monkeypatch.setattr(steps, "compare_chunk_totals", compare_then_commit)
     try:
         first = run(guarded, "incremental", workers=1)
     finally:
         writer.close()
     assert committed.is_set()
     assert 12 in found(guarded, first.run_id) and 11 not in checked(guarded, first.run_id)
-    monkeypatch.setattr(steps, "compare_chunk", real)
+    monkeypatch.setattr(steps, "compare_chunk_totals", real)
     second = run(guarded, "incremental")
     assert 11 in checked(guarded, second.run_id)
     assert found(guarded, second.run_id) == {11, 12}, "12 still drifts (dry runs); 11 is found now"

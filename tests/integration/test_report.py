@@ -32,7 +32,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def test_report_numbers_equal_the_database(engine: Engine, history: History, tmp_path: Path) -> None:
     """summary.json's counts and amounts are what SQL over findings, tasks and the ledger says."""
     run_id = history.runs[2]
-    folder = build_run_report(engine, run_id, tmp_path, now=NOW)
+    folder = build_run_report(engine, run_id, tmp_path, now=NOW, book_now=True)
     summary = json.loads((folder / "summary.json").read_text())
     with engine.connect() as conn:
         found = conn.execute(text("select count(*), sum(drift), sum(abs(drift)) from reconciler.findings "
@@ -162,3 +162,15 @@ def test_end_to_end_run_then_report(engine: Engine, tmp_path: Path) -> None:
     rows = _read_csv(folder / "tasks.csv")
     assert {int(r["customer_id"]): r["task_status"] for r in rows} == {3: "corrected", 7: "needs_review"}
     assert {r["policy"] for r in rows if r["task_status"] == "corrected"} == {"ledger"}
+    # The scope's tie-out comes from the comparison statements' own totals, in their snapshots, exactly.
+    compared = {line["key"]: line for line in data["tie_out"]["as_compared"]}
+    assert D(compared["compared_cached"]["amount"]) == D("1180.00")  # 10 x 75.00, + 5.00, + 425.00
+    assert D(compared["compared_ledger"]["amount"]) == D("750.00")
+    assert compared["compared_cached"]["customers"] == 10
+    assert D(compared["compared_difference"]["amount"]) == D("430.00")
+    assert D(compared["compared_found"]["amount"]) == D("430.00") and compared["compared_found"]["customers"] == 2
+    assert D(compared["compared_within_tolerance"]["amount"]) == D("0.00")
+    assert "as compared by this run" in data["tie_out"]["as_compared_snapshot"]
+    assert "snapshots" in data["tie_out"]["as_compared_snapshot"]
+    assert data["tie_out"]["book_now"] == []  # the second pass over the ledger is optional now
+    assert 'id="tie-compared_difference"' in (folder / "report.html").read_text()

@@ -185,6 +185,23 @@ def test_scope_is_described_in_words(params: dict[str, object], text: str) -> No
     assert describe_scope(params) == text
 
 
+def test_compared_tie_out_splits_the_difference_exactly_and_says_which_snapshot() -> None:
+    """The as-compared tie-out: difference = found + within tolerance, exactly; absent until every chunk has totals."""
+    import datetime as dt
+
+    from reconciler.report_model import ComparedTotals, build_tie_out_compared
+
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    totals = ComparedTotals(3, 3, 3, 30, D("1000.03"), D("990.00"), 2, D("10.02"), at, at, "10:12:", "11:11:")
+    lines = {line.key: line for line in build_tie_out_compared(totals)}
+    assert lines["compared_difference"].amount == D("10.03")
+    assert lines["compared_found"].amount + lines["compared_within_tolerance"].amount == D("10.03")
+    assert lines["compared_within_tolerance"].amount == D("0.01")
+    assert "3 chunk(s)" in totals.describe_snapshot() and "10:12:" in totals.describe_snapshot()
+    partial = ComparedTotals(3, 3, 2, 20, D("1.00"), D("1.00"), 0, D("0.00"))
+    assert build_tie_out_compared(partial) == () and build_tie_out_compared(None) == ()
+
+
 def test_busy_customers_are_listed_longest_busy_first_and_called_out() -> None:
     """The run's busy customers reach the model and summary.json, longest busy first, with the lock holder;
     three runs in a row or more is called out."""
