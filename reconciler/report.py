@@ -42,7 +42,6 @@ from reconciler.report_model import (
     ReportModel,
     RunFacts,
     UnresolvedTask,
-    WriterLine,
     WritersFacts,
     build_report_model,
     cause_label,
@@ -317,10 +316,7 @@ def fetch_writers(conn: Connection, run_id: int) -> WritersFacts:
 
     window = run_window(conn, run_id)
     mode = read_mode(read_triggers(conn))[0]
-    return WritersFacts(window.describe(), mode, tuple(
-        WriterLine(w.application_name, w.role, w.fingerprint, w.writes, w.customers, w.net_amount, w.abs_amount,
-                   w.broke_ledger, w.first_seen, w.last_seen, w.example_statement)
-        for w in census(conn, window)))
+    return WritersFacts(window.describe(), mode, tuple(census(conn, window)))
 
 
 def fetch_audit_head(conn: Connection) -> AuditAnchor:

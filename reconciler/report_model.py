@@ -4,9 +4,10 @@ Invariant: every amount is a ``Decimal`` taken from PostgreSQL ``numeric`` sums 
 exact ``Decimal`` arithmetic, so each tie-out line sums exactly; nothing here reads the clock, the
 database or the file system (``now`` is an input), so the same rows always give the same report.
 
-Slightly above ~500 lines on purpose: it is the one place the report's numbers are derived, and the
+Above ~500 lines (about 700) on purpose: it is the one place the report's numbers are derived, and the
 tie-out (summary, causes, changes since the previous run, history) must be read together to see that each
-line sums exactly; splitting it would spread one invariant over several files.
+line sums exactly; splitting it would spread one invariant over several files. The sections added since
+(busy customers, writers around the core, the audit head) are the candidates to move out first.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from reconciler.corrections import BUSY_RUNS_CALLOUT
 from reconciler.money import ZERO, format_money
 from reconciler.row_locks import format_lockers
 from reconciler.vocabulary import Cause
+from reconciler.writers import Writer
 
 #: Upper bounds (in days) of the aging buckets of unresolved tasks; the last bucket is open-ended.
 AGING_BOUNDS_DAYS = (1, 7, 30)
@@ -204,29 +206,12 @@ class QualityLine:
 
 
 @dataclass(frozen=True)
-class WriterLine:
-    """One code path that wrote around the balance core (the guard's census), as fetched."""
-
-    application_name: str
-    role: str
-    fingerprint: str | None
-    writes: int
-    customers: int
-    net_amount: Decimal
-    abs_amount: Decimal
-    broke_ledger: int
-    first_seen: dt.datetime
-    last_seen: dt.datetime
-    example_statement: str | None = None
-
-
-@dataclass(frozen=True)
 class WritersFacts:
     """The census of writers around the core over the run's window, and the guard's mode when reported."""
 
     window: str
     guard_mode: str
-    lines: tuple[WriterLine, ...] = ()
+    lines: tuple[Writer, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -347,7 +332,7 @@ class WritersView:
 
     window: str
     guard_mode: str
-    lines: tuple[WriterLine, ...]
+    lines: tuple[Writer, ...]
     writes: int
     net_amount: Decimal
     abs_amount: Decimal
