@@ -326,8 +326,8 @@ def advance(conn: Connection, snapshot: str, run_id: int, *, full: bool = False)
     if full:
         # Everyone was compared in a snapshot that sees these ALTERs, and with them (their lock waited for
         # every writer of the table) every write made while a trigger was off.
-        conn.execute(text("delete from reconciler.feed_gaps where pg_visible_in_snapshot(xid, cast(:snap as pg_snapshot))"),
-                     {"snap": snapshot})
+        conn.execute(text("delete from reconciler.feed_gaps "
+                          "where pg_visible_in_snapshot(xid, cast(:snap as pg_snapshot))"), {"snap": snapshot})
     return True
 
 
