@@ -13,6 +13,7 @@ from sqlalchemy import Engine, text
 from reconciler.balances import BalanceManager
 from reconciler.guard import guard_status, install
 from reconciler.pipeline import RunOptions, RunSummary, run_reconciliation
+from tests.factories import make_customer, write_around_core
 
 D = Decimal
 pytestmark = pytest.mark.usefixtures("quick_quality_and_report")
@@ -38,8 +39,6 @@ def gaps(engine: Engine) -> list[Any]:
 @pytest.fixture
 def guarded(engine: Engine) -> Engine:
     """Customers 1..10 written by the core, the guard observing, a first full run setting the verified point."""
-    from tests.factories import make_customer
-
     install(engine, "observe")
     core = BalanceManager(engine)
     for customer_id in CUSTOMERS:
@@ -52,13 +51,13 @@ def guarded(engine: Engine) -> Engine:
 
 
 def toggle_and_write(engine: Engine, customer_id: int) -> None:
-    """Disable the feed trigger, write around the core, enable it again: the catalog looks untouched."""
+    """Disable the guard's triggers on customers, write around the core, enable them again: the catalog looks
+    untouched, and neither the capture nor the feed saw the write (no bypass row, no task)."""
     with engine.begin() as conn:
-        conn.execute(text("alter table customers disable trigger reconciler_guard_feed_customers_update"))
+        conn.execute(text("alter table customers disable trigger user"))
+    write_around_core(engine, "balance", customer_id, "3.00")
     with engine.begin() as conn:
-        conn.execute(text("update customers set balance = balance + 3 where id = :c"), {"c": customer_id})
-    with engine.begin() as conn:
-        conn.execute(text("alter table customers enable trigger reconciler_guard_feed_customers_update"))
+        conn.execute(text("alter table customers enable trigger user"))
 
 
 def test_a_toggled_trigger_makes_the_next_incremental_run_full_and_it_finds_the_hidden_drift(
@@ -68,6 +67,9 @@ def test_a_toggled_trigger_makes_the_next_incremental_run_full_and_it_finds_the_
     assert pending.disabled == (), "re-enabled: the catalog alone shows nothing"
     assert any("2 ALTER TABLE(s) of the guarded tables" in note for note in pending.notes)
     assert not any("not watched" in note for note in pending.notes)
+    with guarded.connect() as conn:
+        assert conn.execute(text("select count(*) from reconciler.bypass_writes")).scalar_one() == 0
+        assert conn.execute(text("select count(*) from reconciler.tasks")).scalar_one() == 0
     recorded = gaps(guarded)
     assert [(g.table_name, g.command_tag) for g in recorded] == [("public.customers", "ALTER TABLE")] * 2
     assert "disable trigger" in recorded[0].statement and recorded[0].role
