@@ -12,8 +12,9 @@ from sqlalchemy import Engine, text
 
 from reconciler.balances import BalanceManager
 from reconciler.guard import guard_status, install
-from reconciler.pipeline import RunOptions, RunSummary, run_reconciliation
+from reconciler.pipeline import RunSummary
 from tests.factories import make_customer, write_around_core
+from tests.fix_runs import dry_run, found
 
 D = Decimal
 pytestmark = pytest.mark.usefixtures("quick_quality_and_report")
@@ -21,14 +22,7 @@ CUSTOMERS = range(1, 11)
 
 
 def run(engine: Engine, mode: str, **options: Any) -> RunSummary:
-    return run_reconciliation(engine, RunOptions(mode=mode, dry_run=True, max_drift_ratio=D(1), chunk_size=4,
-                                                 **options))
-
-
-def found(engine: Engine, run_id: int) -> set[int]:
-    with engine.connect() as conn:
-        return set(conn.execute(text("select customer_id from reconciler.findings where run_id = :r"),
-                                {"r": run_id}).scalars())
+    return dry_run(engine, mode, chunk_size=4, **options)
 
 
 def gaps(engine: Engine) -> list[Any]:
