@@ -112,18 +112,14 @@ def cluster(server_url: URL, db_url: URL, tmp_path: Path, webhook: Webhook) -> I
     (the test waits with :func:`wait_until_ready`); every process group is stopped afterwards, pass or fail."""
     tag = f"{os.getpid()}_{time.monotonic_ns()}"
     metadata = server_url.set(database=f"airflow_celery_{tag}")
-    extra_databases = [metadata]
-    for url in extra_databases:
-        _admin(server_url, sql.SQL("create database {}").format(sql.Identifier(url.database or "")))
     if os.environ.get(BROKER_ENV, "").strip().lower() != "sqla" and redis_answers():
-        broker = redis_broker(REDIS[0])
+        broker, broker_db = redis_broker(REDIS[0]), None
         # Other test sessions may share this Redis: every key and channel of ours carries this prefix.
         broker_options = {"AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"reconciler-test-{tag}:"}
     else:
         broker_db = server_url.set(database=f"celery_broker_{tag}")
-        _admin(server_url, sql.SQL("create database {}").format(sql.Identifier(broker_db.database or "")))
-        extra_databases.append(broker_db)
         broker, broker_options = sqla_broker(broker_db), {}
+    databases = [metadata] + ([broker_db] if broker_db is not None else [])
 
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -170,6 +166,8 @@ def cluster(server_url: URL, db_url: URL, tmp_path: Path, webhook: Webhook) -> I
     processes = Processes()
     homes: dict[str, Path] = {}
     try:
+        for database in databases:
+            _admin(server_url, sql.SQL("create database {}").format(sql.Identifier(database.database or "")))
         # Airflow's metadata database and the pool ledger_db, as scripts/airflow-env.sh prepares them.
         setup = subprocess.run([sys.executable, str(REPO / "scripts" / "airflow_setup.py")], capture_output=True,
                                text=True, env={**env, "RECONCILER_HOME": str(tmp_path / "home")}, timeout=180,
@@ -197,8 +195,8 @@ def cluster(server_url: URL, db_url: URL, tmp_path: Path, webhook: Webhook) -> I
         yield Cluster(Api(base_url), processes, broker, reports, homes)
     finally:
         processes.stop()
-        for url in extra_databases:
-            drop_database(url)
+        for database in databases:
+            drop_database(database)
         if broker.startswith("redis://"):
             _forget_redis_keys(broker_options["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX"])
 
