@@ -23,8 +23,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.engine import URL
 
 from reconciler.schema import runs, tasks
-from tests.dags.airflow_processes import Api, free_port
 from tests.factories import cached_balance, ledger_sum, make_customer, post_entry, set_cached_balance
+from tests.fix_airflow_server import Api, free_port
 from tests.fix_db import _admin
 
 pytestmark = pytest.mark.slow

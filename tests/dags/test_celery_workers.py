@@ -40,17 +40,18 @@ from sqlalchemy.engine import URL
 
 from reconciler.db import make_engine
 from reconciler.schema import findings, runs, tasks
-from tests.dags.airflow_processes import Api, Processes, free_port
-from tests.dags.celery_settings import (
+from tests.factories import seed_thirty_customers
+from tests.fix_airflow_server import Api, Processes, free_port
+from tests.fix_celery import (
     CONCURRENCY_FLAG,
+    HOSTNAME_CALLABLE,
     REDIS_PORT,
     WORKER_COMMAND,
+    WORKER_ENV,
     celery_environment,
     redis_broker,
     sqla_broker,
 )
-from tests.dags.worker_identity import WORKER_ENV
-from tests.factories import seed_thirty_customers
 from tests.fix_db import _admin, _libpq, create_database, drop_database
 from tests.fix_http import Webhook, http_connection
 
@@ -186,7 +187,7 @@ def cluster(server_url: URL, db_url: URL, tmp_path: Path, webhook: Webhook) -> I
             worker_env = {**env, "AIRFLOW_HOME": str(local / "airflow"), "HOME": str(local / "home"),
                           "TMPDIR": str(local / "tmp"), "RECONCILER_HOME": str(local / "reconciler"),
                           WORKER_ENV: worker, "PYTHONPATH": str(REPO),
-                          "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.dags.worker_identity.worker_hostname",
+                          "AIRFLOW__CORE__HOSTNAME_CALLABLE": HOSTNAME_CALLABLE,
                           "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
             # One task at a time per worker (see the module docstring); the name tells the two apart on one host.
             processes.start(worker, [airflow, *WORKER_COMMAND, CONCURRENCY_FLAG, "1", "--celery-hostname", worker,
@@ -214,6 +215,18 @@ def wait_until_ready(cluster: Cluster) -> None:
 def instances(api: Api, run_path: str) -> list[dict[str, Any]] | None:
     body = api.get(f"{run_path}/taskInstances")
     return None if body is None else list(body["task_instances"])
+
+
+def _fresh_dag(dagbag: Any) -> Any:
+    """The DAG parsed anew (a real trigger's conf stays out of the session dagbag's DAG: dag.test() leaves it in
+    the DAG's params)."""
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    folder = REPO / "dags"
+    parsed = BundleDagBag(dag_folder=folder, bundle_path=folder, bundle_name="dags-folder",
+                          known_pools={"ledger_db", "default_pool"})
+    assert not parsed.import_errors, parsed.import_errors
+    return parsed.dags[DAG_ID]
 
 
 def _findings(engine: Engine) -> list[tuple[Any, ...]]:
@@ -259,7 +272,7 @@ def test_mapped_chunks_run_on_two_celery_workers_and_match_an_in_process_run(
         # The in-process run, while the cluster starts.
         monkeypatch.setenv("AIRFLOW_CONN_LEDGER_DB", _sqlalchemy_url(twin_url))
         monkeypatch.setenv("RECONCILER_REVIEW", "off")
-        local = dagbag.dags[DAG_ID].test(run_conf=CONF)
+        local = _fresh_dag(dagbag).test(run_conf=CONF)
         assert local.state == "success", {(ti.task_id, ti.map_index): ti.state for ti in local.get_task_instances()}
 
         wait_until_ready(cluster)

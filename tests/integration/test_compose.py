@@ -116,7 +116,7 @@ def test_celery_profile_uses_the_settings_the_celery_test_runs_with(compose: dic
     """The Celery profile is what tests/dags/test_celery_workers.py runs for real: the same worker command, the
     Redis broker URL's shape, the db+postgresql:// result backend on Airflow's metadata database, and the
     api-server's execution API for every component (so workers can run their tasks)."""
-    from tests.dags.celery_settings import CONCURRENCY_FLAG, WORKER_COMMAND, celery_environment
+    from tests.fix_celery import CONCURRENCY_FLAG, WORKER_COMMAND, celery_environment
 
     services = compose["services"]
     worker = services["airflow-worker"]
