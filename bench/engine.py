@@ -106,21 +106,11 @@ def log(message: str) -> None:
 
 def child_pipeline() -> dict[str, object]:
     """(a): the dry run through the pipeline, with the wall time of each step."""
+    from bench.step_timer import timed_steps
     from reconciler.db import make_engine
-    from reconciler.pipeline import RunOptions, run_reconciliation, runner
+    from reconciler.pipeline import RunOptions, run_reconciliation
 
-    steps: dict[str, float] = {}
-    for name in ("plan_run", "_compare_all", "check_quality", "open_run_tasks", "apply_run_corrections",
-                 "finish_run", "build_report"):
-        original = getattr(runner, name)
-
-        def timed(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return _original(*args, **kwargs)
-            finally:
-                steps[_name] = steps.get(_name, 0.0) + time.perf_counter() - started
-        setattr(runner, name, timed)
+    steps = timed_steps()
     from reconciler import quality
 
     gx_import: list[float] = []

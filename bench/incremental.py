@@ -28,6 +28,8 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
+from bench import step_timer
+
 SECTION = "incremental"
 ENTRIES = 20
 WORKERS = 2
@@ -47,32 +49,9 @@ def log(message: str) -> None:
     print(f"  [incremental] {message}", flush=True)
 
 
-STEPS = ("plan_run", "_compare_all", "check_quality", "open_run_tasks", "apply_run_corrections", "finish_run",
-         "build_report")
-
-
-def timed_steps() -> dict[str, float]:
-    """Time each step of ``run_reconciliation`` (wall seconds, summed per step) into the returned dict."""
-    from reconciler.pipeline import runner
-
-    steps: dict[str, float] = {}
-    for name in STEPS:
-        original = getattr(runner, name)
-        original = getattr(original, "__wrapped_step__", original)
-
-        def timed(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return _original(*args, **kwargs)
-            finally:
-                steps[_name] = steps.get(_name, 0.0) + time.perf_counter() - started
-        timed.__wrapped_step__ = original  # type: ignore[attr-defined]
-        setattr(runner, name, timed)
-    return steps
-
-
 def timed_run(engine: Engine, mode: str) -> dict[str, Any]:
     """One dry run in ``mode``: total seconds, comparison seconds, customers checked, findings, step times."""
+    from bench.step_timer import timed_steps
     from reconciler.pipeline import RunOptions, run_reconciliation
 
     steps = timed_steps()
@@ -260,7 +239,7 @@ def run(quick: bool, engine_url: URL) -> list[dict[str, object]]:
         row("incremental findings = full findings among the checked (planted drifts found)", agree, "bool",
             "yes", agree),
         *[row(f"step {step.strip('_')}, {mode}", round(run_["steps"].get(step, 0.0), 3), "s")
-          for step in STEPS for mode, run_ in (("incremental", incremental), ("full", full))],
+          for step in step_timer.STEPS for mode, run_ in (("incremental", incremental), ("full", full))],
         row("floor: the comparison statement alone over the touched ids, "
             f"{WORKERS} connections", round(floor_touched, 4), "s"),
         row(f"floor: the comparison statement alone over every customer, {WORKERS} connections",
