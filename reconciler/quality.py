@@ -3,7 +3,8 @@
 Invariants: every expectation is an ``UnexpectedRowsExpectation`` evaluated by SQL inside PostgreSQL (only
 the unexpected rows, a sample at most, ever leave the database); a failed expectation is data (a row in
 ``reconciler.quality_results``), never an exception; storing is idempotent per run (a rerun replaces that
-run's rows in one transaction). Great Expectations is imported only when a check runs (or is preloaded).
+run's rows in one transaction). Great Expectations is imported only when a check runs (or is preloaded:
+:mod:`reconciler.gx_runtime`).
 
 The suites are GX Core 1.x JSON. Besides GX's own ``{batch}``, their SQL may name run values as
 ``$run_id``, ``$tolerance``, ``$entries_after``, ``$tasks_since`` and ``$known_kinds`` (the one list of entry kinds,
@@ -23,8 +24,7 @@ the last stored check; an expectation's first check reads the whole history of a
 result: an entry whose transaction was still open at check time is read by the next check, with no clock lag
 and whatever ``created_at`` says. (The tasks window still goes by ``updated_at`` with :data:`WATERMARK_LAG`.)
 
-Above ~500 lines (about 630): suite rendering, the GX runner and result storage still live together; the
-GX runner (context, Data Docs, validation) is the part to move into a module of its own next.
+How GX is loaded (its import, deferred modules, template cache) is :mod:`reconciler.gx_runtime`'s.
 """
 
 from __future__ import annotations
@@ -32,20 +32,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
 import string
-import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -60,6 +56,14 @@ from reconciler.data_docs import make_offline
 from reconciler.db import read_only_url, reading
 from reconciler.entry_kinds import EntryKinds, load_entry_kinds
 from reconciler.errors import InvalidOperationError, RunNotFoundError
+from reconciler.gx_runtime import (
+    DEFERRED_IMPORTS,
+    cache_gx_templates,
+    defer_import,
+    import_great_expectations,
+    preload_great_expectations,
+    quiet_gx,
+)
 from reconciler.money import DEFAULT_TOLERANCE, to_tolerance
 from reconciler.positions import Position, read_position
 from reconciler.schema import quality_results, runs
@@ -361,79 +365,6 @@ def check_run_quality(engine: Engine, run_id: int, out_dir: Path | None = None, 
                           seconds=round(time.monotonic() - started, 3))
 
 
-#: Modules Great Expectations imports with itself only for expectations this product never runs: ``scipy.stats``
-#: for the KL-divergence and KS-test expectations (``from scipy import stats`` at the top of their modules, used
-#: only inside their functions). Measured: GX's import 2.0 s -> 1.3 s on a quiet machine, of that 0.45 s
-#: ``scipy.stats`` itself and the rest ``scipy.spatial`` and ``scipy.linalg`` under it.
-DEFERRED_IMPORTS: tuple[str, ...] = ("scipy.stats",)
-
-
-def defer_import(name: str) -> bool:
-    """Put ``name`` in ``sys.modules`` as a lazy module (:class:`importlib.util.LazyLoader`): it is executed,
-    whole and as usual, the first time anything reads one of its attributes, and never if nothing does. Sound
-    by construction: nothing changes but WHEN the module runs. False when it is already imported or absent.
-
-    (``altair``, also imported by GX only for charts, cannot be deferred so: a plain ``import altair`` reads
-    the module's ``__spec__``, which loads a lazy module at once.)"""
-    if name in sys.modules:
-        return False
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return False
-    if spec is None or spec.loader is None:
-        return False
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    parent, _, child = name.rpartition(".")
-    if parent and parent in sys.modules:
-        setattr(sys.modules[parent], child, module)  # as the import system does once a submodule is loaded
-    return True
-
-
-_IMPORT_LOCK = threading.Lock()
-
-
-def import_great_expectations() -> Any:
-    """``import great_expectations``, with :data:`DEFERRED_IMPORTS` deferred (see :func:`defer_import`); GX's
-    own logging kept to warnings while it loads. The one way this product imports GX."""
-    with _IMPORT_LOCK:
-        if "great_expectations" not in sys.modules:
-            for name in DEFERRED_IMPORTS:
-                defer_import(name)
-        with _quiet():
-            import great_expectations  # noqa: PLC0415
-
-    return great_expectations
-
-
-def preload_great_expectations() -> threading.Thread:
-    """Start importing Great Expectations (:func:`import_great_expectations`) in a daemon thread and return
-    it; :func:`check_run_quality` then finds the module loaded (or waits on the import for the thread)."""
-    def load() -> None:
-        with contextlib.suppress(Exception):
-            import_great_expectations()
-
-    thread = threading.Thread(target=load, name="preload-great-expectations", daemon=True)
-    thread.start()
-    return thread
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """GX logs at INFO about its own machinery; keep a run's output to what matters."""
-    gx_logger = logging.getLogger("great_expectations")
-    level = gx_logger.level
-    gx_logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        gx_logger.setLevel(level)
-
-
 STAGE_TABLE = "reconciler.quality_unexpected"
 
 
@@ -501,69 +432,6 @@ def clear_staged(engine: Engine, check_key: str) -> None:
         conn.execute(text(f"delete from {STAGE_TABLE} where check_key = :key"), {"key": check_key})
 
 
-def _cache_gx_templates() -> None:
-    """Data Docs: GX builds a fresh jinja Environment for every page it renders and compiles its templates
-    again each time (most of a build). Give those environments one shared bytecode cache, so each template
-    compiles once per process, backed by jinja's own :class:`jinja2.FileSystemBytecodeCache` (a private
-    per-user folder in the temporary directory), so it compiles once per machine: a run is a fresh process,
-    and compiling GX's templates cost it about 0.2 s. Jinja checks each cached template against its source's
-    checksum, so an upgraded GX recompiles. Only the cache is added; the pages are the same."""
-    import jinja2  # noqa: PLC0415
-    from great_expectations.render.view import view  # noqa: PLC0415
-
-    if getattr(view, "_reconciler_cached", False):
-        return
-    try:
-        backing: jinja2.BytecodeCache | None = jinja2.FileSystemBytecodeCache()
-    except (OSError, RuntimeError) as exc:  # no private temporary folder: compile once per process only
-        log.debug("no file cache for GX's templates (%s)", exc)
-        backing = None
-    cache = _MemoryBytecodeCache(backing)
-    original = view.Environment
-
-    def environment(*args: Any, **kwargs: Any) -> jinja2.Environment:
-        kwargs.setdefault("bytecode_cache", cache)
-        return original(*args, **kwargs)
-
-    view.Environment = environment  # type: ignore[misc,assignment]
-    view._reconciler_cached = True  # type: ignore[attr-defined]
-
-
-class _MemoryBytecodeCache:
-    """A jinja2 bytecode cache in a dict (jinja's own in-memory caches are per Environment), in front of an
-    optional ``backing`` cache (a failing backing cache only costs a compile)."""
-
-    def __new__(cls, backing: Any = None) -> Any:
-        import jinja2  # noqa: PLC0415
-
-        class Cache(jinja2.BytecodeCache):
-            def __init__(self) -> None:
-                self._store: dict[str, bytes] = {}
-                self._lock = threading.Lock()
-
-            def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-                with self._lock:
-                    data = self._store.get(bucket.key)
-                if data is not None:
-                    bucket.bytecode_from_string(data)
-                    return
-                if backing is not None:
-                    with contextlib.suppress(Exception):
-                        backing.load_bytecode(bucket)
-                    if bucket.code is not None:
-                        with self._lock:
-                            self._store[bucket.key] = bucket.bytecode_to_string()
-
-            def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-                with self._lock:
-                    self._store[bucket.key] = bucket.bytecode_to_string()
-                if backing is not None:
-                    with contextlib.suppress(Exception):
-                        backing.dump_bytecode(bucket)
-
-        return Cache()
-
-
 def waits_for_run(spec: SuiteSpec) -> bool:
     """Whether a suite reads the run's own results (``$run_id`` in a query): it must wait for the comparison."""
     return any("$run_id" in e.get("kwargs", {}).get("unexpected_rows_query", "")
@@ -576,12 +444,12 @@ def run_suites(connection_string: str, specs: Sequence[SuiteSpec], values: RunVa
     """Evaluate the suites in one ephemeral GX context; Data Docs go to ``docs_dir``, built once. With
     ``engine``, each expectation's SQL runs once (:func:`stage_unexpected_rows`) and GX reads its rows. With
     ``ready``, the suites that do not wait for the run (:func:`waits_for_run`) go first, then ``ready()``."""
-    with _quiet():
+    with quiet_gx():
         gx = import_great_expectations()  # (1.3-2.5 s: only when the step runs)
         from great_expectations.core.run_identifier import RunIdentifier  # noqa: PLC0415
         from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: PLC0415
 
-        _cache_gx_templates()
+        cache_gx_templates()
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         if docs_dir.is_dir():  # a rerun replaces the run's Data Docs, as it replaces its stored results
@@ -699,3 +567,6 @@ def store_outcomes(conn: Connection, run_id: int, outcomes: Sequence[Expectation
         conn.execute(insert(quality_results), [
             {"run_id": run_id, "suite": o.suite, "expectation": o.expectation, "success": o.success,
              "details": o.details(docs_dir), "evaluated_at": evaluated_at} for o in outcomes])
+
+
+__all__ = ["DEFERRED_IMPORTS", "defer_import", "import_great_expectations", "preload_great_expectations"]

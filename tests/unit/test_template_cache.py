@@ -7,13 +7,13 @@ from pathlib import Path
 
 import jinja2
 
-from reconciler.quality import _MemoryBytecodeCache
+from reconciler.gx_runtime import MemoryBytecodeCache
 
 
 def _render(templates: Path, cache_dir: Path) -> tuple[str, int]:
     """Render with a fresh in-memory cache (as a new process has) over the file cache; count the compiles."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(templates),
-                             bytecode_cache=_MemoryBytecodeCache(jinja2.FileSystemBytecodeCache(str(cache_dir))))
+                             bytecode_cache=MemoryBytecodeCache(jinja2.FileSystemBytecodeCache(str(cache_dir))))
     compiles = 0
     original = env.compile
 
