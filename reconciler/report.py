@@ -30,7 +30,6 @@ from reconciler.report_charts import line_chart
 from reconciler.report_model import (
     DEFAULT_TOP_DRIFTS,
     DEFAULT_TREND_RUNS,
-    AuditAnchor,
     BookTotals,
     CauseGroup,
     ChangeCounts,
@@ -38,17 +37,14 @@ from reconciler.report_model import (
     DriftLine,
     HistoryPoint,
     OutcomeGroup,
-    QualityLine,
     ReportInput,
     ReportModel,
     RunFacts,
     UnresolvedTask,
-    WritersFacts,
     build_report_model,
     cause_label,
-    observed,
-    severity,
 )
+from reconciler.report_sections import AuditAnchor, QualityLine, WritersFacts, observed, severity
 from reconciler.schema import quality_results, runs
 
 HTML_NAME = "report.html"

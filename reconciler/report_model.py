@@ -4,10 +4,8 @@ Invariant: every amount is a ``Decimal`` taken from PostgreSQL ``numeric`` sums 
 exact ``Decimal`` arithmetic, so each tie-out line sums exactly; nothing here reads the clock, the
 database or the file system (``now`` is an input), so the same rows always give the same report.
 
-Above ~500 lines (about 700) on purpose: it is the one place the report's numbers are derived, and the
-tie-out (summary, causes, changes since the previous run, history) must be read together to see that each
-line sums exactly; splitting it would spread one invariant over several files. The sections added since
-(busy customers, writers around the core, the audit head) are the candidates to move out first.
+The side sections that carry no tie-out line (data quality, writers around the core, busy customers, the
+audit head) are :mod:`reconciler.report_sections`'.
 """
 
 from __future__ import annotations
@@ -18,11 +16,21 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from reconciler.corrections import BUSY_RUNS_CALLOUT
 from reconciler.money import ZERO, format_money
-from reconciler.row_locks import format_lockers
+from reconciler.report_sections import (
+    AuditAnchor,
+    BusyLine,
+    QualityLine,
+    QualityView,
+    WritersFacts,
+    WritersView,
+    build_busy,
+    build_quality,
+    build_writers,
+    observed,
+    severity,
+)
 from reconciler.vocabulary import Cause
-from reconciler.writers import Writer
 
 #: Upper bounds (in days) of the aging buckets of unresolved tasks; the last bucket is open-ended.
 AGING_BOUNDS_DAYS = (1, 7, 30)
@@ -196,34 +204,6 @@ class HistoryPoint:
 
 
 @dataclass(frozen=True)
-class QualityLine:
-    """One expectation result stored in ``reconciler.quality_results``."""
-
-    suite: str
-    expectation: str
-    success: bool
-    details: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class WritersFacts:
-    """The census of writers around the core over the run's window, and the guard's mode when reported."""
-
-    window: str
-    guard_mode: str
-    lines: tuple[Writer, ...] = ()
-
-
-@dataclass(frozen=True)
-class AuditAnchor:
-    """The audit chain's head when the report was read (``reconciler audit verify`` prints the same pair), so
-    two copies of a report can be compared with the database later."""
-
-    length: int
-    hash: str
-
-
-@dataclass(frozen=True)
 class ReportInput:
     run: RunFacts
     outcomes: tuple[OutcomeGroup, ...]
@@ -311,43 +291,6 @@ class CauseLine:
     net_drift: Decimal
     abs_drift: Decimal
     share_percent: Decimal
-
-
-@dataclass(frozen=True)
-class QualityView:
-    evaluated: int
-    failed: int
-    warnings: int
-    lines: tuple[QualityLine, ...]
-    data_docs_href: str | None
-
-    @property
-    def success(self) -> bool:
-        return self.failed == 0
-
-
-@dataclass(frozen=True)
-class WritersView:
-    """The section "Writers around the core": the census with its totals (largest absolute amount first)."""
-
-    window: str
-    guard_mode: str
-    lines: tuple[Writer, ...]
-    writes: int
-    net_amount: Decimal
-    abs_amount: Decimal
-    broke_ledger: int
-
-
-@dataclass(frozen=True)
-class BusyLine:
-    """A customer whose correction was skipped because another session held its row lock."""
-
-    customer_id: int
-    task_id: int | None
-    lockers: str
-    runs_in_a_row: int
-    called_out: bool  # busy for BUSY_RUNS_CALLOUT runs in a row or more
 
 
 @dataclass(frozen=True)
@@ -621,23 +564,6 @@ def cause_label(cause: str | None) -> str:
     return CAUSE_LABELS.get(cause, (cause or "").replace("_", " ").capitalize())
 
 
-def severity(line: QualityLine) -> str:
-    value = line.details.get("severity")
-    return value if isinstance(value, str) and value else "critical"
-
-
-def observed(line: QualityLine) -> int | None:
-    value = line.details.get("observed")
-    return value if isinstance(value, int) else None
-
-
-def build_quality(lines: Sequence[QualityLine], data_docs_href: str | None) -> QualityView:
-    failed = [q for q in lines if not q.success]
-    warnings = sum(1 for q in failed if severity(q) != "critical")
-    ordered = tuple(sorted(lines, key=lambda q: (q.success, q.suite, q.expectation)))
-    return QualityView(len(lines), len(failed) - warnings, warnings, ordered, data_docs_href)
-
-
 def build_warnings(inp: ReportInput, summary: Summary) -> tuple[str, ...]:
     """Disagreements a reader must see: recorded run totals that differ from the staged findings."""
     notes = []
@@ -652,30 +578,6 @@ def build_warnings(inp: ReportInput, summary: Summary) -> tuple[str, ...]:
     if run.status == "running":
         notes.append("The run is still running: figures may change until it finishes.")
     return tuple(notes)
-
-
-def build_writers(facts: WritersFacts | None) -> WritersView | None:
-    """The census section, largest absolute amount first, with exact totals (pure)."""
-    if facts is None:
-        return None
-    lines = tuple(sorted(facts.lines, key=lambda w: (-w.abs_amount, -w.writes, w.application_name, w.role,
-                                                     w.fingerprint or "")))
-    return WritersView(facts.window, facts.guard_mode, lines, sum(w.writes for w in lines),
-                       sum((w.net_amount for w in lines), ZERO), sum((w.abs_amount for w in lines), ZERO),
-                       sum(w.broke_ledger for w in lines))
-
-
-def build_busy(run: RunFacts) -> tuple[BusyLine, ...]:
-    """The run's busy customers (from its outcome), longest-busy first (pure)."""
-    listed = run.outcome.get("busy")
-    lines = []
-    for item in listed if isinstance(listed, list) else []:
-        held = format_lockers(item.get("lockers") or [])
-        streak = int(item.get("runs_in_a_row") or 1)
-        task_id = item.get("task_id")
-        lines.append(BusyLine(int(item["customer_id"]), int(task_id) if task_id is not None else None, held, streak,
-                              streak >= BUSY_RUNS_CALLOUT))
-    return tuple(sorted(lines, key=lambda line: (-line.runs_in_a_row, line.customer_id)))
 
 
 def build_report_model(inp: ReportInput) -> ReportModel:
@@ -696,6 +598,6 @@ def build_report_model(inp: ReportInput) -> ReportModel:
         warnings=build_warnings(inp, summary),
         now=inp.now,
         writers=build_writers(inp.writers),
-        busy=build_busy(inp.run),
+        busy=build_busy(inp.run.outcome.get("busy")),
         audit_head=inp.audit_head,
     )

@@ -15,7 +15,6 @@ from reconciler.report_model import (
     DriftLine,
     HistoryPoint,
     OutcomeGroup,
-    QualityLine,
     ReportInput,
     RunFacts,
     UnresolvedTask,
@@ -26,6 +25,7 @@ from reconciler.report_model import (
     build_tie_out_found,
     describe_scope,
 )
+from reconciler.report_sections import QualityLine
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
 D = Decimal
