@@ -177,6 +177,7 @@ class BalanceManager:
         self._compiled: dict[TextClause, str] = {}
         self._pinned: Connection | None = None
         self._idle: list[_Held] = []
+        self._pool_counters: tuple[Any, Callable[[], int] | None, Callable[[], int] | None] | None = None
         weakref.finalize(self, _release_all, self._idle)
         self._stats = {"retries": 0, "locked_path": 0}
         self._stats_lock = threading.Lock()
@@ -569,14 +570,24 @@ class BalanceManager:
         return _Held(fairy, conn, conn.cursor())
 
     def _give_back(self, held: _Held) -> None:
-        pool = self.engine.pool
-        size, checked_out = getattr(pool, "size", None), getattr(pool, "checkedout", None)
-        if (callable(size) and callable(checked_out) and checked_out() < size()
-                and len(self._idle) < _MAX_IDLE_HELD and not held.conn.broken):
+        if len(self._idle) < _MAX_IDLE_HELD and not held.conn.broken and self._pool_has_spare():
             held.since = time.monotonic()
             self._idle.append(held)
         else:
             _release(held)
+
+    def _pool_has_spare(self) -> bool:
+        """Whether the engine's pool could still hand a connection to someone else without waiting (a pool that
+        cannot say, e.g. NullPool, keeps nothing). Its two counters are looked up once per pool (a disposed
+        engine has a new one): this runs on every call."""
+        pool = self.engine.pool
+        counters = self._pool_counters
+        if counters is None or counters[0] is not pool:
+            size, checked_out = getattr(pool, "size", None), getattr(pool, "checkedout", None)
+            usable = callable(size) and callable(checked_out)
+            counters = self._pool_counters = (pool, size if usable else None, checked_out if usable else None)
+        _, size, checked_out = counters
+        return size is not None and checked_out is not None and checked_out() < size()
 
     def close(self) -> None:
         """Return the connections this manager keeps between calls to the engine's pool (they are also returned
