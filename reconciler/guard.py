@@ -128,6 +128,22 @@ class LedgerTables:
     search_path: str = "pg_catalog, public, pg_temp"
 
 
+def _refuse_or_record(what: str, customer: str, record: str, failure: str, failure_args: str) -> str:
+    """The body every capture trigger shares (PL/pgSQL): in ``enforce`` refuse the write unless the writer's
+    application_name is allow-listed (the trigger's arguments after the mode); else run ``record`` inside an
+    exception block, so a failure of the capture is a WARNING naming ``failure``, never the writer's error."""
+    return f"""    if tg_argv[0] = 'enforce'
+       and not coalesce(current_setting('application_name', true) = any(tg_argv[1:]), false) then
+        perform reconciler.guard_refuse({what}, tg_op, {customer});
+    end if;
+    begin{record}
+    exception when others then
+        raise warning 'reconciler guard: {failure} was not recorded: % (SQLSTATE %)',
+            {failure_args}, sqlerrm, sqlstate;
+    end;
+    return null;"""
+
+
 def functions_sql(tables: LedgerTables) -> str:
     """The guard's functions, with the ledger's tables qualified (the definer functions pin search_path)."""
     c, e = tables.customers, tables.entries
@@ -188,19 +204,10 @@ begin
     else
         customer := new.id; before_balance := old.balance; after_balance := new.balance;
     end if;
-    if tg_argv[0] = 'enforce'
-       and not coalesce(current_setting('application_name', true) = any(tg_argv[1:]), false) then
-        perform reconciler.guard_refuse('customers.balance', tg_op, customer);
-    end if;
-    begin
+{_refuse_or_record("'customers.balance'", "customer", '''
         perform reconciler.guard_record(current_user::text, 'customers', tg_op, customer, before_balance,
                                         after_balance, coalesce(after_balance, 0) - coalesce(before_balance, 0),
-                                        null, null);
-    exception when others then
-        raise warning 'reconciler guard: a % of customers.balance (customer %) was not recorded: % (SQLSTATE %)',
-            tg_op, customer, sqlerrm, sqlstate;
-    end;
-    return null;
+                                        null, null);''', "a % of customers.balance (customer %)", "tg_op, customer")}
 end $capture$;
 
 create or replace function reconciler.guard_capture_entries() returns trigger
@@ -209,11 +216,7 @@ declare
     customer bigint;
 begin
     customer := case when tg_op = 'DELETE' then old.customer_id else new.customer_id end;
-    if tg_argv[0] = 'enforce'
-       and not coalesce(current_setting('application_name', true) = any(tg_argv[1:]), false) then
-        perform reconciler.guard_refuse('customer_ledger_entries', tg_op, customer);
-    end if;
-    begin
+{_refuse_or_record("'customer_ledger_entries'", "customer", '''
         if tg_op = 'INSERT' then
             perform reconciler.guard_record(current_user::text, 'customer_ledger_entries', tg_op, new.customer_id,
                                             null, null, new.amount, new.id, new.amount);
@@ -228,28 +231,16 @@ begin
         else
             perform reconciler.guard_record(current_user::text, 'customer_ledger_entries', tg_op, new.customer_id,
                                             null, null, new.amount - old.amount, new.id, new.amount);
-        end if;
-    exception when others then
-        raise warning 'reconciler guard: a % of customer_ledger_entries (customer %) was not recorded: % (SQLSTATE %)',
-            tg_op, customer, sqlerrm, sqlstate;
-    end;
-    return null;
+        end if;''', "a % of customer_ledger_entries (customer %)", "tg_op, customer")}
 end $capture$;
 
 create or replace function reconciler.guard_capture_truncate() returns trigger
 language plpgsql as $capture$
 begin
-    if tg_argv[0] = 'enforce'
-       and not coalesce(current_setting('application_name', true) = any(tg_argv[1:]), false) then
-        perform reconciler.guard_refuse(tg_table_name, tg_op, null);
-    end if;
-    begin
-        perform reconciler.guard_record(current_user::text, tg_table_name, tg_op, null, null, null, null, null, null);
-    exception when others then
-        raise warning 'reconciler guard: a TRUNCATE of % was not recorded: % (SQLSTATE %)',
-            tg_table_name, sqlerrm, sqlstate;
-    end;
-    return null;
+{_refuse_or_record("tg_table_name", "null", '''
+        perform reconciler.guard_record(current_user::text, tg_table_name, tg_op, null, null, null, null, null,
+                                        null);''',
+                   "a TRUNCATE of %", "tg_table_name")}
 end $capture$;
 
 create or replace function reconciler.guard_check_ledger() returns trigger
