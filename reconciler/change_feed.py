@@ -170,6 +170,10 @@ class FeedState:
     now: dt.datetime
     #: The feed triggers' oids: a reinstalled feed has new ones (writes in between may be missing).
     trigger_oids: tuple[int, ...] = ()
+    #: ``ALTER TABLE``s of the guarded tables that no full verified run has covered yet (migration 0012): a
+    #: trigger disabled and enabled again since the last point reads as enabled, but writes made meanwhile
+    #: are in no feed row.
+    gaps: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -211,6 +215,10 @@ def decide_mode(requested: str, state: FeedState, *, full_sweep_days: int | None
                                           "writes made meanwhile are not in the change feed")
     if state.point is None:
         return ModeDecision("full", why + "no verified point exists yet")
+    if state.gaps:
+        shown = "; ".join(state.gaps[:3]) + (f"; and {len(state.gaps) - 3} more" if len(state.gaps) > 3 else "")
+        return ModeDecision("full", why + f"the guarded tables were altered since the last full sweep ({shown}); "
+                                          "writes made with a trigger disabled are not in the change feed")
     if full_sweep_days is not None:
         if state.last_full_sweep_at is None:
             return ModeDecision("full", why + "no full sweep has verified the ledger yet")
@@ -250,7 +258,16 @@ def read_state(conn: Connection, *, now: dt.datetime | None = None) -> FeedState
         select max(finished_at) from reconciler.runs
         where mode = 'full' and verified_to is not null and status in ('succeeded', 'halted')""")).scalar_one()
     clock = now or conn.execute(text("select now()")).scalar_one()
-    return FeedState(triggers_present, disabled, point, sweep, clock, tuple(sorted(int(r.oid) for r in rows)))
+    gaps = tuple(describe_gap(r.at, r.role, r.table_name, r.statement) for r in conn.execute(text(
+        "select at, role, table_name, statement from reconciler.feed_gaps order by id")))
+    return FeedState(triggers_present, disabled, point, sweep, clock, tuple(sorted(int(r.oid) for r in rows)), gaps)
+
+
+def describe_gap(at: dt.datetime, role: str, table: str, statement: str | None) -> str:
+    """One recorded ``ALTER TABLE`` for people (pure)."""
+    said = " ".join((statement or "").split())
+    said = said if len(said) <= 80 else said[:77] + "..."
+    return f"{at:%Y-%m-%d %H:%M:%S}Z {role} on {table}: {said!r}"
 
 
 @dataclass(frozen=True)
@@ -297,9 +314,10 @@ def read_scope(conn: Connection, point: str, *, limit: int = MAX_INCREMENTAL_CUS
     return Scope(snapshot, tuple(int(i) for i in row.ids), int(row.touched), int(row.pending), bool(row.truncated))
 
 
-def advance(conn: Connection, snapshot: str, run_id: int) -> bool:
+def advance(conn: Connection, snapshot: str, run_id: int, *, full: bool = False) -> bool:
     """Make ``snapshot`` the verified point when it is later than the current one, then prune the feed rows it
-    covers; True when it moved. Serialised on the point's row."""
+    covers (and, after a ``full`` run, the recorded ``ALTER TABLE``s it saw); True when it moved. Serialised on
+    the point's row."""
     conn.execute(text("""
         insert into reconciler.verified_point (id, snapshot, run_id, verified_at)
         values (true, :snap, :run, now()) on conflict (id) do nothing"""), {"snap": snapshot, "run": run_id})
@@ -313,6 +331,11 @@ def advance(conn: Connection, snapshot: str, run_id: int) -> bool:
     if moved is None:
         return False
     prune(conn)
+    if full:
+        # Everyone was compared in a snapshot that sees these ALTERs, and with them (their lock waited for
+        # every writer of the table) every write made while a trigger was off.
+        conn.execute(text("delete from reconciler.feed_gaps "
+                          "where pg_visible_in_snapshot(xid, cast(:snap as pg_snapshot))"), {"snap": snapshot})
     return True
 
 

@@ -537,6 +537,12 @@ where w.at >= coalesce((select started_at from latest), '-infinity')
 """)
 
 
+_DDL_WATCH = text("""
+select exists (select from pg_event_trigger where evtname = 'reconciler_ledger_ddl' and evtenabled <> 'D') as watched,
+       (select count(*) from reconciler.feed_gaps) as pending, (select min(at) from reconciler.feed_gaps) as first
+""")
+
+
 def read_triggers(conn: Connection) -> tuple[TriggerState, ...]:
     """The guard's triggers as ``pg_trigger`` has them (arguments decoded from ``tgargs``)."""
     return tuple(
@@ -550,10 +556,18 @@ def guard_status(engine: Engine) -> GuardStatus:
     with engine.connect() as conn:
         triggers = read_triggers(conn)
         since = conn.execute(_SINCE).one()
+        watch = conn.execute(_DDL_WATCH).one()
     mode, allow, missing = read_mode(triggers)
     notes = []
     if mode != "off":
         notes.append("writes with the triggers disabled (session_replication_role = replica, ALTER TABLE ... "
                      "DISABLE TRIGGER, a restore) are not seen; the nightly full comparison still finds their drift")
+        if not watch.watched:
+            notes.append("ALTER TABLEs of the ledger are not watched (the event trigger reconciler_ledger_ddl is "
+                         "missing: event triggers need a superuser; run `reconciler db upgrade` as one): a trigger "
+                         "disabled and enabled again between two runs goes unnoticed until the next full sweep")
+    if watch.pending:
+        notes.append(f"{watch.pending} ALTER TABLE(s) of the guarded tables since the last full sweep (the first "
+                     f"at {watch.first:%Y-%m-%d %H:%M}Z, see reconciler.feed_gaps): the next run is full")
     return GuardStatus(mode, allow, triggers, missing, since.run_id, since.since, int(since.writes),
                        int(since.broke), int(since.writers), tuple(notes))

@@ -43,7 +43,9 @@ OPERATOR_TABLES = {"runs": ("SELECT", "INSERT", "UPDATE"), "run_chunks": ("SELEC
                    # migration 0008: a check's unexpected rows, staged once and deleted by the same check
                    "quality_unexpected": ("SELECT", "INSERT", "DELETE"),
                    # incremental runs: a finished run moves the verified point and prunes the feed it covers
-                   "verified_point": ("SELECT", "INSERT", "UPDATE"), "change_feed": ("SELECT", "DELETE")}
+                   "verified_point": ("SELECT", "INSERT", "UPDATE"), "change_feed": ("SELECT", "DELETE"),
+                   # migration 0012: a full run prunes the ledger ALTERs its snapshot covered
+                   "feed_gaps": ("SELECT", "DELETE")}
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,31 @@ def exits_when_database_lost(engine: Engine, doing: str) -> Iterator[None]:
         fail(str(lost), ExitCode.FAILED)
 
 
+@contextmanager
+def database_command(doing: str) -> Iterator[tuple[Engine, Engine | None]]:
+    """The engines of one command, ``(engine, read_engine)`` (see :func:`open_read_engine`), disposed at the end,
+    with the command's exit codes: the database unreachable or lost while ``doing`` exits 3 in one line, a
+    :class:`ReconcilerError` (bad input, an unknown run) exits 2 with its message."""
+    from reconciler.errors import DatabaseUnavailableError, ReconcilerError  # noqa: PLC0415
+
+    try:
+        engine = open_engine()
+        read_engine = open_read_engine()
+    except DatabaseUnavailableError as exc:
+        fail(str(exc), ExitCode.FAILED)
+    try:
+        with exits_when_database_lost(engine, doing):
+            yield engine, read_engine
+    except DatabaseUnavailableError as exc:
+        fail(str(exc), ExitCode.FAILED)
+    except ReconcilerError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    finally:
+        engine.dispose()
+        if read_engine is not None:
+            read_engine.dispose()
+
+
 def open_engine() -> Engine:
     """The ledger engine for a command (``RECONCILER_DATABASE_URL`` or the embedded database)."""
     from reconciler.db import make_engine  # noqa: PLC0415

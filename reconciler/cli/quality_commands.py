@@ -14,14 +14,10 @@ import typer
 from reconciler.cli.app import (
     ExitCode,
     app,
+    database_command,
     emit_json,
-    exits_when_database_lost,
-    fail,
-    open_engine,
-    open_read_engine,
     run_or_latest,
 )
-from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 if TYPE_CHECKING:
     from reconciler.quality import QualitySummary
@@ -39,23 +35,9 @@ def quality(
     """Evaluate the expectation suites (Great Expectations, in PostgreSQL) and store the results with the run."""
     from reconciler.quality import check_run_quality  # noqa: PLC0415
 
-    try:
-        engine = open_engine()
-        read_engine = open_read_engine()
-    except DatabaseUnavailableError as exc:
-        fail(str(exc), ExitCode.FAILED)
-    try:
-        with exits_when_database_lost(engine, "checking data quality"):
-            run = run_or_latest(engine, run, "check")
-            summary = check_run_quality(engine, run, out, full=full, read_engine=read_engine)
-    except DatabaseUnavailableError as exc:
-        fail(str(exc), ExitCode.FAILED)
-    except ReconcilerError as exc:
-        fail(str(exc), ExitCode.USAGE)
-    finally:
-        engine.dispose()
-        if read_engine is not None:
-            read_engine.dispose()
+    with database_command("checking data quality") as (engine, read_engine):
+        run = run_or_latest(engine, run, "check")
+        summary = check_run_quality(engine, run, out, full=full, read_engine=read_engine)
     if json_output:
         emit_json(summary_json(run, summary))
     else:

@@ -8,15 +8,10 @@ from typing import Annotated
 import typer
 
 from reconciler.cli.app import (
-    ExitCode,
     app,
-    exits_when_database_lost,
-    fail,
-    open_engine,
-    open_read_engine,
+    database_command,
     run_or_latest,
 )
-from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 
 @app.command("report")
@@ -30,21 +25,7 @@ def report(
     """Build the finance report of a run and print where its HTML file is (a path or a URL)."""
     from reconciler.report import build_run_report, report_html_path  # noqa: PLC0415
 
-    try:
-        engine = open_engine()
-        read_engine = open_read_engine()
-    except DatabaseUnavailableError as exc:
-        fail(str(exc), ExitCode.FAILED)
-    try:
-        with exits_when_database_lost(engine, "building the report (nothing was written yet)"):
-            run = run_or_latest(engine, run, "report")
-            folder = build_run_report(read_engine or engine, run, out, book_now=book_now)
-    except DatabaseUnavailableError as exc:
-        fail(str(exc), ExitCode.FAILED)
-    except ReconcilerError as exc:
-        fail(str(exc), ExitCode.USAGE)
-    finally:
-        engine.dispose()
-        if read_engine is not None:
-            read_engine.dispose()
+    with database_command("building the report (nothing was written yet)") as (engine, read_engine):
+        run = run_or_latest(engine, run, "report")
+        folder = build_run_report(read_engine or engine, run, out, book_now=book_now)
     typer.echo(str(report_html_path(folder)))

@@ -12,17 +12,13 @@ from reconciler.cli.app import (
     ExitCode,
     Policy,
     TaskStatus,
+    database_command,
     emit_json,
-    exits_when_database_lost,
     fail,
-    open_engine,
     tasks_app,
 )
-from reconciler.errors import DatabaseUnavailableError, ReconcilerError
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from reconciler.correction_executor import Resolved
     from reconciler.tasks import TaskView
 
@@ -36,13 +32,6 @@ _HELP = {
               "without changing anything.",
     "policy": "For correct: ledger (balance := ledger sum) or balance (post a reconciliation_adjustment entry).",
 }
-
-
-def _engine() -> Engine:
-    try:
-        return open_engine()
-    except DatabaseUnavailableError as exc:
-        fail(str(exc), ExitCode.FAILED)
 
 
 @tasks_app.command("list")
@@ -60,19 +49,13 @@ def list_command(
     from reconciler.runs import get_run  # noqa: PLC0415
     from reconciler.tasks import count_tasks, list_tasks  # noqa: PLC0415
 
-    engine = _engine()
-    try:
-        with engine.connect() as conn:
-            if run_id is not None:
-                get_run(conn, run_id)
-            shown = limit if limit is not None or json_output else DEFAULT_LIMIT
-            wanted = status.value if status is not None else None
-            rows = list_tasks(conn, status=wanted, run_id=run_id, limit=shown)
-            total = count_tasks(conn, status=wanted, run_id=run_id)
-    except ReconcilerError as exc:
-        fail(str(exc), ExitCode.USAGE)
-    finally:
-        engine.dispose()
+    with database_command("listing tasks") as (engine, _), engine.connect() as conn:
+        if run_id is not None:
+            get_run(conn, run_id)
+        shown = limit if limit is not None or json_output else DEFAULT_LIMIT
+        wanted = status.value if status is not None else None
+        rows = list_tasks(conn, status=wanted, run_id=run_id, limit=shown)
+        total = count_tasks(conn, status=wanted, run_id=run_id)
     if json_output:
         emit_json({"count": total, "tasks": [task.to_json() for task in rows]})
         return
@@ -129,18 +112,10 @@ def resolve_command(
         fail("--note must say why, got an empty value", ExitCode.USAGE)
     from reconciler.approvals import resolve_with_four_eyes  # noqa: PLC0415
 
-    engine = _engine()
-    try:
-        with exits_when_database_lost(engine, f"resolving task {task_id} (a correction re-verifies under the "
-                                              f"row lock and is keyed by the task, so it applies at most once)"):
-            # Above the auto-correct limit, --by must name someone other than the person who triggered the run.
-            resolved = resolve_with_four_eyes(engine, int(task_id), action.value, by, note, policy.value)
-    except DatabaseUnavailableError as exc:
-        fail(str(exc), ExitCode.FAILED)
-    except ReconcilerError as exc:
-        fail(str(exc), ExitCode.USAGE)
-    finally:
-        engine.dispose()
+    with database_command(f"resolving task {task_id} (a correction re-verifies under the row lock and is keyed "
+                          f"by the task, so it applies at most once)") as (engine, _):
+        # Above the auto-correct limit, --by must name someone other than the person who triggered the run.
+        resolved = resolve_with_four_eyes(engine, int(task_id), action.value, by, note, policy.value)
     if json_output:
         emit_json(_resolved_json(resolved))
     else:

@@ -57,7 +57,7 @@ def plan_scope(conn: Connection, read_engine: Engine, run_id: int,
                 snapshot = change_feed.take_snapshot(reader)
     # Only a run over everyone, with the feed complete, may verify its snapshot (see verify_snapshot).
     feed: dict[str, object] = {"snapshot": None if restricted or not state.complete else snapshot,
-                               "trigger_oids": list(state.trigger_oids)}
+                               "trigger_oids": list(state.trigger_oids), "mode": decision.mode}
     chunk_ids: list[tuple[int, ...]] | None = None
     if scope is not None:
         chunk_ids = change_feed.split_ids(scope.customer_ids, incremental_chunk_size(len(scope.customer_ids), options))
@@ -88,5 +88,5 @@ def verify_snapshot(conn: Connection, run_id: int, outcome: Mapping[str, Any]) -
     snapshot = feed.get("snapshot")
     now = change_feed.read_state(conn)
     if snapshot and now.complete and list(now.trigger_oids) == list(feed.get("trigger_oids") or []):
-        change_feed.advance(conn, snapshot, run_id)
+        change_feed.advance(conn, snapshot, run_id, full=feed.get("mode") == "full")
         runs.record_verified(conn, run_id, snapshot)

@@ -23,6 +23,7 @@ from reconciler.compare import compare_all
 from reconciler.guard import install, uninstall
 from reconciler.pipeline import RunOptions, RunSummary, run_reconciliation, steps
 from tests.factories import BYPASS_ROUTES, make_customer, write_around_core
+from tests.fix_runs import dry_run, found
 
 D = Decimal
 pytestmark = pytest.mark.usefixtures("quick_quality_and_report")
@@ -30,15 +31,7 @@ CUSTOMERS = range(1, 21)
 
 
 def run(engine: Engine, mode: str, **options: Any) -> RunSummary:
-    """A dry run (findings and tasks, no correction) in ``mode``; the halt is off so every drift is staged."""
-    return run_reconciliation(engine, RunOptions(mode=mode, dry_run=True, max_drift_ratio=D(1), chunk_size=7,
-                                                 **options))
-
-
-def found(engine: Engine, run_id: int) -> set[int]:
-    with engine.connect() as conn:
-        return set(conn.execute(text("select customer_id from reconciler.findings where run_id = :r"),
-                                {"r": run_id}).scalars())
+    return dry_run(engine, mode, chunk_size=7, **options)
 
 
 def checked(engine: Engine, run_id: int) -> set[int]:

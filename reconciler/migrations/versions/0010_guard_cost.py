@@ -3,20 +3,21 @@ functions (``reconciler/guard.py``), so a balance written around the core is jud
 (the ledger SUM only when the transaction wrote entries of that customer, or the chain has no balance_after),
 and the bypass task's audit event is taken from the upsert's RETURNING instead of a second read of the task;
 and its feed triggers anew: the balance-update feed trigger skips the core's statements (their entries feed them).
+The feed's triggers get new oids, so the next incremental run is full (a reinstalled feed verifies nothing).
 
 No table changes: the functions are the guard's, installed by ``reconciler guard observe | enforce``; a
 database without an installed guard is left as it is. The downgrade leaves the functions in place (they are
 equivalent for every caller: the next ``guard observe | enforce`` installs the code's version anyway).
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0012
 """
 
 from alembic import op
 from sqlalchemy import text
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0012"
 
 
 def upgrade() -> None:
