@@ -106,22 +106,29 @@ def log(message: str) -> None:
 
 def child_pipeline() -> dict[str, object]:
     """(a): the dry run through the pipeline, with the wall time of each step."""
+    from bench.step_timer import timed_steps
     from reconciler.db import make_engine
-    from reconciler.pipeline import RunOptions, run_reconciliation, runner
+    from reconciler.pipeline import RunOptions, run_reconciliation
 
-    steps: dict[str, float] = {}
-    for name in ("plan_run", "_compare_all", "check_quality", "open_run_tasks", "apply_run_corrections",
-                 "finish_run", "build_report"):
-        original = getattr(runner, name)
+    steps = timed_steps()
+    from reconciler import gx_runtime, quality
 
-        def timed(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return _original(*args, **kwargs)
-            finally:
-                steps[_name] = steps.get(_name, 0.0) + time.perf_counter() - started
-        setattr(runner, name, timed)
-    engine = make_engine(os.environ[URL_ENV], pool_size=WORKERS + 2)
+    gx_import: list[float] = []
+    original_import = quality.import_great_expectations
+
+    def timed_import() -> Any:
+        started = time.perf_counter()
+        try:
+            return original_import()
+        finally:
+            gx_import.append(time.perf_counter() - started)
+    # Both names: the preload thread calls gx_runtime's, the quality step quality's (the first call is timed).
+    quality.import_great_expectations = gx_runtime.import_great_expectations = timed_import
+    # The product's own pool (as `reconciler run` makes it): the run holds one connection for its session lock and
+    # each chunk worker two at once (its bookkeeping transaction and its read-only comparison); a smaller pool
+    # would open a fresh overflow connection per chunk (with pool_size=4 the comparison step took 3.2-3.7 s at 1M
+    # against 1.7-1.9 s for the comparison alone).
+    engine = make_engine(os.environ[URL_ENV])
     with tempfile.TemporaryDirectory(prefix="bench-report-") as reports:
         started = time.perf_counter()
         summary = run_reconciliation(engine, RunOptions(dry_run=True, workers=WORKERS, chunk_size=CHUNK_SIZE),
@@ -129,8 +136,22 @@ def child_pipeline() -> dict[str, object]:
         seconds = time.perf_counter() - started
     engine.dispose()
     return {"seconds": seconds, "drifts": summary.drift_count, "customers": summary.customers_checked,
-            "status": summary.status, "steps": steps,
+            "status": summary.status, "steps": steps, "gx_import": gx_import[0] if gx_import else 0.0,
             "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def child_gx_import() -> dict[str, object]:
+    """(f): Great Expectations' import alone, in a fresh interpreter that already holds what a run's process
+    holds before its quality step (SQLAlchemy, psycopg, the pipeline); ``BENCH_CHILD_EAGER=1``: without the
+    product's deferred imports (as ``import great_expectations`` does it)."""
+    from reconciler import gx_runtime, quality
+    from reconciler.pipeline import run_reconciliation  # noqa: F401
+
+    if os.environ.get("BENCH_CHILD_EAGER") == "1":
+        gx_runtime.DEFERRED_IMPORTS = ()
+    started = time.perf_counter()
+    quality.import_great_expectations()
+    return {"seconds": time.perf_counter() - started}
 
 
 def child_engine() -> dict[str, object]:
@@ -166,7 +187,8 @@ def child_engine() -> dict[str, object]:
             "customers": sum(c.customers for c in chunks), "chunks": len(chunks)}
 
 
-CHILDREN: dict[str, Callable[[], dict[str, object]]] = {"pipeline": child_pipeline, "engine": child_engine}
+CHILDREN: dict[str, Callable[[], dict[str, object]]] = {"pipeline": child_pipeline, "engine": child_engine,
+                                                         "gx_import": child_gx_import}
 
 
 def run_child(kind: str, url: URL, **settings: int) -> dict[str, Any]:
@@ -270,6 +292,7 @@ def measure(url: URL, customers: int, reset: bool, *, quick: bool, span: dt.time
     baselines: list[dict[str, tuple[float, int]]] = []
     pipelines: list[dict[str, Any]] = []
     engines: list[dict[str, Any]] = []
+    gx_imports: list[tuple[float, float]] = []
     pipeline_error = None
     run_pipeline = pipeline_available() and not os.environ.get("BENCH_ENGINE_SKIP_PIPELINE")
     for number in range(rounds(quick)):  # rounds alternate baseline and measurement
@@ -277,6 +300,8 @@ def measure(url: URL, customers: int, reset: bool, *, quick: bool, span: dt.time
         log(f"round {number + 1}: (b) " + ", ".join(f"{k} {v[0]:.2f} s" for k, v in baselines[-1].items()))
         engines.append(run_child("engine", url))
         log(f"round {number + 1}: (a') compare + explain on {WORKERS} threads {engines[-1]['seconds']:.2f} s")
+        gx_imports.append((run_child("gx_import", url)["seconds"], run_child("gx_import", url, eager=1)["seconds"]))
+        log(f"round {number + 1}: (f) GX import alone {gx_imports[-1][0]:.2f} s, eager {gx_imports[-1][1]:.2f} s")
         if run_pipeline and pipeline_error is None:
             clear_runs(url)
             try:
@@ -305,7 +330,8 @@ def measure(url: URL, customers: int, reset: bool, *, quick: bool, span: dt.time
             "ledger": ledger, "b_seconds": b_seconds, "b_variant": variant, "b_drifts": b_drifts,
             "baselines": baselines, "engine": min(engines, key=lambda r: r["seconds"]),
             "pipeline": min(pipelines, key=lambda r: r["seconds"]) if pipelines else None,
-            "pipeline_error": pipeline_error, "c_ms": c_ms, "sweep": swept}
+            "pipeline_error": pipeline_error, "c_ms": c_ms, "sweep": swept,
+            "gx_import": min(g[0] for g in gx_imports), "gx_import_eager": min(g[1] for g in gx_imports)}
 
 
 def _n(m: dict[str, Any]) -> str:
@@ -328,9 +354,18 @@ def rows_for(small: dict[str, Any], large: dict[str, Any], fresh: dict[str, Any]
             out.append(row(f"(a) run --dry-run, {n}, {led}", round(pipe["seconds"], 2), "s"))
             for step, seconds in pipe["steps"].items():
                 out.append(row(f"(a) step {step.strip('_')}, {n}, {led}", round(seconds, 2), "s"))
+                if step == "check_quality":
+                    out.append(row(f"(a) step check_quality: of it GX's import, {n}, {led}",
+                                   round(pipe.get("gx_import", 0.0), 2), "s"))
+                    out.append(row(f"(a) step check_quality: of it after the import, {n}, {led}",
+                                   round(seconds - pipe.get("gx_import", 0.0), 2), "s"))
         elif m["pipeline_error"] is not None:
             out.append(row(f"(a) run --dry-run, {n}, {led}: failed ({m['pipeline_error'][:80]})", False, "bool",
                            "runs", False))
+        out.append(row(f"(f) GX import alone, fresh process (scipy.stats deferred), {n}, {led}",
+                       round(m["gx_import"], 2), "s"))
+        out.append(row(f"(f) GX import alone, fresh process, eager (plain import), {n}, {led}",
+                       round(m["gx_import_eager"], 2), "s"))
         out.append(row(f"(a') chunked compare + explain, {WORKERS} workers, {n}, {led}",
                        round(m["engine"]["seconds"], 2), "s"))
         if m["c_ms"] is not None:

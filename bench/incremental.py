@@ -20,12 +20,15 @@ import random
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
+
+from bench import step_timer
 
 SECTION = "incremental"
 ENTRIES = 20
@@ -47,9 +50,11 @@ def log(message: str) -> None:
 
 
 def timed_run(engine: Engine, mode: str) -> dict[str, Any]:
-    """One dry run in ``mode``: total seconds, comparison seconds, customers checked, findings."""
+    """One dry run in ``mode``: total seconds, comparison seconds, customers checked, findings, step times."""
+    from bench.step_timer import timed_steps
     from reconciler.pipeline import RunOptions, run_reconciliation
 
+    steps = timed_steps()
     marks: list[float] = []
 
     def progress(done: int, total: int, _customers: int) -> None:
@@ -69,7 +74,43 @@ def timed_run(engine: Engine, mode: str) -> dict[str, Any]:
                                            where run_id = :r"""), {"r": summary.run_id}).scalars())
     return {"seconds": seconds, "compare": (marks[-1] - marks[0]) if len(marks) >= 2 else 0.0,
             "customers": summary.customers_checked, "mode": summary.mode, "reason": summary.mode_reason,
-            "found": found, "checked": checked}
+            "found": found, "checked": checked, "steps": dict(steps)}
+
+
+def statements_alone(engine: Engine, ids: list[int], rounds: int) -> tuple[float, float]:
+    """The floor of each comparison: the run's own comparison statement (reconciler.compare) with no bookkeeping,
+    split over WORKERS connections, over the touched ids and over every customer (halves of the id range),
+    rounds alternating; the best seconds of each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reconciler.chunks import Chunk
+    from reconciler.compare import compare_chunk_totals
+    from reconciler.money import DEFAULT_TOLERANCE
+
+    with engine.connect() as conn:
+        low, high = conn.execute(text("select min(id), max(id) from customers")).one()
+    ordered = sorted(ids)
+    touched = [(Chunk(i, part[0], part[-1], len(part)), part)
+               for i, part in enumerate(ordered[k::WORKERS] for k in range(WORKERS)) if part]
+    middle = (int(low) + int(high)) // 2
+    everyone = [(Chunk(0, int(low), middle, 0), None), (Chunk(1, middle + 1, int(high), 0), None)]
+
+    def timed(parts: Sequence[tuple[Chunk, list[int] | None]]) -> float:
+        def one(part: tuple[Chunk, list[int] | None]) -> None:
+            chunk, customer_ids = part
+            with engine.connect() as conn, conn.begin():
+                compare_chunk_totals(conn, chunk, DEFAULT_TOLERANCE,
+                                     customer_ids=sorted(customer_ids) if customer_ids is not None else None)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(WORKERS) as pool:
+            list(pool.map(one, parts))
+        return time.perf_counter() - started
+
+    best_touched = best_all = float("inf")
+    for _ in range(rounds):
+        best_touched = min(best_touched, timed(touched))
+        best_all = min(best_all, timed(everyone))
+    return best_touched, best_all
 
 
 def touch(engine: Engine, customers: int) -> tuple[int, list[int]]:
@@ -145,7 +186,9 @@ def feed_cost(engine: Engine, quick: bool) -> list[dict[str, object]]:
 
 def run(quick: bool, engine_url: URL) -> list[dict[str, object]]:
     """Run the section on ``engine_url`` (a freshly migrated database of its own) and return its rows."""
-    import great_expectations  # noqa: F401  (imported once up front, so neither run pays for it)
+    from reconciler.quality import import_great_expectations
+
+    import_great_expectations()  # imported once up front (as the product does), so neither run pays for it
 
     from reconciler import demo
     from reconciler.db import make_engine
@@ -166,6 +209,8 @@ def run(quick: bool, engine_url: URL) -> list[dict[str, object]]:
         log(f"touched {touched:,} customers ({feed_rows:,} feed rows); incremental, then full")
         incremental = timed_run(engine, "incremental")
         full = timed_run(engine, "full")
+        log("the comparison statements alone (the floor)")
+        floor_touched, floor_all = statements_alone(engine, sorted(incremental["checked"]), 2 if quick else 3)
         log("the feed's cost on the core's throughput")
         costs = feed_cost(engine, quick)
     finally:
@@ -193,5 +238,12 @@ def run(quick: bool, engine_url: URL) -> list[dict[str, object]]:
             incremental["mode"] == "incremental"),
         row("incremental findings = full findings among the checked (planted drifts found)", agree, "bool",
             "yes", agree),
+        *[row(f"step {step.strip('_')}, {mode}", round(run_["steps"].get(step, 0.0), 3), "s")
+          for step in step_timer.STEPS for mode, run_ in (("incremental", incremental), ("full", full))],
+        row("floor: the comparison statement alone over the touched ids, "
+            f"{WORKERS} connections", round(floor_touched, 4), "s"),
+        row(f"floor: the comparison statement alone over every customer, {WORKERS} connections",
+            round(floor_all, 3), "s"),
+        row("floor: touched / every customer, statements alone", round(floor_touched / floor_all, 4), "x"),
         *costs,
     ]

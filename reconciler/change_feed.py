@@ -14,8 +14,9 @@ exactly the feed rows of the transactions visible in S; its comparisons run late
 at least S. A transaction still open at S is not visible in S: its feed row is read by the next run, whose
 starting point is S (``NOT pg_visible_in_snapshot(xid, S)``). So a change is compared by the run whose
 snapshot first sees it, or by a later one; never by neither. The verified point only moves forward (the
-later of two snapshots has the greater ``(xmax, xmin, -count(xip))``), and feed rows visible in it are
-pruned.
+later of two snapshots has the greater ``(xmax, xmin, -count(xip))``: ``reconciler.snapshot_order`` in SQL,
+:meth:`reconciler.snapshots.Snapshot.order_key` in Python), and feed rows visible in it are pruned. Snapshot
+texts are read and written through :mod:`reconciler.snapshots`, shared with the quality checks' positions.
 
 The feed's triggers are installed and removed with the guard (:mod:`reconciler.guard` calls
 :func:`functions_sql`, :func:`triggers_sql`, :func:`uninstall_sql`); without them an incremental run falls
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
+from reconciler import snapshots
 from reconciler.balances.statements import CORE_WRITER, SETTLED_SETTING, WRITER_SETTING
 from reconciler.errors import InvalidOperationError
 
@@ -285,7 +287,7 @@ class Scope:
 
 def take_snapshot(conn: Connection) -> str:
     """This transaction's snapshot (call it first in a REPEATABLE READ transaction)."""
-    return str(conn.execute(text("select pg_current_snapshot()::text")).scalar_one())
+    return str(snapshots.parse(conn.execute(text("select pg_current_snapshot()::text")).scalar_one()))
 
 
 def read_scope(conn: Connection, point: str, *, limit: int = MAX_INCREMENTAL_CUSTOMERS) -> Scope:
@@ -317,7 +319,8 @@ def read_scope(conn: Connection, point: str, *, limit: int = MAX_INCREMENTAL_CUS
 def advance(conn: Connection, snapshot: str, run_id: int, *, full: bool = False) -> bool:
     """Make ``snapshot`` the verified point when it is later than the current one, then prune the feed rows it
     covers (and, after a ``full`` run, the recorded ``ALTER TABLE``s it saw); True when it moved. Serialised on
-    the point's row."""
+    the point's row. ``snapshot`` must be a ``pg_snapshot`` text."""
+    snapshot = str(snapshots.parse(snapshot))
     conn.execute(text("""
         insert into reconciler.verified_point (id, snapshot, run_id, verified_at)
         values (true, :snap, :run, now()) on conflict (id) do nothing"""), {"snap": snapshot, "run": run_id})
@@ -357,7 +360,7 @@ def feed_size(conn: Connection) -> int:
 
 def describe_point(snapshot: str | None) -> str:
     """A snapshot for people: ``xmin:xmax:in-progress`` as PostgreSQL writes it, or 'none'."""
-    return snapshot if snapshot else "none"
+    return snapshots.describe(snapshot)
 
 
 def split_ids(ids: Sequence[int], chunk_size: int) -> list[tuple[int, ...]]:

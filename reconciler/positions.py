@@ -25,8 +25,8 @@ if another id above it is already committed and that writer then stays open past
 can fall below ``settled_id``. The window is microseconds inside one statement (not a clock lag); the nightly
 full check (``reconciler quality --full``) reads everything regardless.
 
-This module is pure except :func:`read_position` (one statement, one snapshot). It is shared by the quality
-checks' incremental windows (:mod:`reconciler.quality`) and meant for a change feed of the ledger.
+This module is pure except :func:`read_position` (one statement, one snapshot). Snapshots themselves (their
+text form, their order) are :mod:`reconciler.snapshots`', shared with the change feed's verified point.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, text
+
+from reconciler.snapshots import Snapshot, parse
 
 #: The table whose ids a position counts (the append-only ledger).
 LEDGER = "customer_ledger_entries"
@@ -53,9 +55,14 @@ class Position:
     in_flight: tuple[int, ...] = ()
 
     @property
+    def read_in(self) -> Snapshot:
+        """The snapshot this position was read in."""
+        return Snapshot.of(self.xmin, self.xmax, self.in_flight)
+
+    @property
     def snapshot(self) -> str:
         """The snapshot in PostgreSQL's own text form (``pg_snapshot``)."""
-        return f"{self.xmin}:{self.xmax}:{','.join(map(str, self.in_flight))}"
+        return str(self.read_in)
 
     @property
     def held_by(self) -> int | None:
@@ -71,16 +78,11 @@ class Position:
         if not isinstance(data, Mapping):
             return None
         try:
-            xmin, xmax, xip = parse_snapshot(str(data["snapshot"]))
-            return cls(int(data["through_id"]), int(data["settled_id"]), xmin, xmax, xip)
+            read_in = parse(str(data["snapshot"]))
+            return cls(int(data["through_id"]), int(data["settled_id"]), read_in.xmin, read_in.xmax,
+                       read_in.in_flight)
         except (KeyError, TypeError, ValueError):
             return None
-
-
-def parse_snapshot(snapshot: str) -> tuple[int, int, tuple[int, ...]]:
-    """``xmin:xmax:xip1,xip2`` -> (xmin, xmax, in-flight xids)."""
-    xmin, xmax, xip = snapshot.split(":")
-    return int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x)
 
 
 def advance(previous: Position | None, *, through_id: int, xmin: int, xmax: int,
@@ -88,12 +90,13 @@ def advance(previous: Position | None, *, through_id: int, xmin: int, xmax: int,
     """The position read in a snapshot ``(xmin, xmax, in_flight)`` whose largest visible id is ``through_id``,
     after ``previous`` (pure; the rules are in the module docstring). Without a previous position and with
     writers in flight, nothing is known to be settled beyond 0."""
-    flight = tuple(sorted(set(in_flight)))
+    now = Snapshot.of(xmin, xmax, in_flight)
+    flight = now.in_flight
     if not flight:
         settled = through_id
     elif previous is None:
         settled = 0
-    elif xmin >= previous.xmax:
+    elif now.started_after(previous.read_in):
         settled = previous.through_id
     else:
         settled = previous.settled_id
@@ -113,5 +116,6 @@ def read_position(conn: Connection, previous: Position | None = None) -> Positio
     row = conn.execute(text(f"""
         select cast(pg_current_snapshot() as text) as snapshot,
                (select coalesce(max(id), 0) from {LEDGER}) as through_id""")).one()
-    xmin, xmax, in_flight = parse_snapshot(str(row.snapshot))
-    return advance(previous, through_id=int(row.through_id), xmin=xmin, xmax=xmax, in_flight=in_flight)
+    read_in = parse(str(row.snapshot))
+    return advance(previous, through_id=int(row.through_id), xmin=read_in.xmin, xmax=read_in.xmax,
+                   in_flight=read_in.in_flight)

@@ -3,7 +3,8 @@
 Invariants: every expectation is an ``UnexpectedRowsExpectation`` evaluated by SQL inside PostgreSQL (only
 the unexpected rows, a sample at most, ever leave the database); a failed expectation is data (a row in
 ``reconciler.quality_results``), never an exception; storing is idempotent per run (a rerun replaces that
-run's rows in one transaction). Great Expectations is imported only when a check runs (or is preloaded).
+run's rows in one transaction). Great Expectations is imported only when a check runs (or is preloaded:
+:mod:`reconciler.gx_runtime`).
 
 The suites are GX Core 1.x JSON. Besides GX's own ``{batch}``, their SQL may name run values as
 ``$run_id``, ``$tolerance``, ``$entries_after``, ``$tasks_since`` and ``$known_kinds`` (the one list of entry kinds,
@@ -23,8 +24,7 @@ the last stored check; an expectation's first check reads the whole history of a
 result: an entry whose transaction was still open at check time is read by the next check, with no clock lag
 and whatever ``created_at`` says. (The tasks window still goes by ``updated_at`` with :data:`WATERMARK_LAG`.)
 
-Above ~500 lines (about 630): suite rendering, the GX runner and result storage still live together; the
-GX runner (context, Data Docs, validation) is the part to move into a module of its own next.
+How GX is loaded (its import, deferred modules, template cache) is :mod:`reconciler.gx_runtime`'s.
 """
 
 from __future__ import annotations
@@ -39,11 +39,9 @@ import re
 import shutil
 import string
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -58,6 +56,14 @@ from reconciler.data_docs import make_offline
 from reconciler.db import read_only_url, reading
 from reconciler.entry_kinds import EntryKinds, load_entry_kinds
 from reconciler.errors import InvalidOperationError, RunNotFoundError
+from reconciler.gx_runtime import (
+    DEFERRED_IMPORTS,
+    cache_gx_templates,
+    defer_import,
+    import_great_expectations,
+    preload_great_expectations,
+    quiet_gx,
+)
 from reconciler.money import DEFAULT_TOLERANCE, to_tolerance
 from reconciler.positions import Position, read_position
 from reconciler.schema import quality_results, runs
@@ -359,31 +365,6 @@ def check_run_quality(engine: Engine, run_id: int, out_dir: Path | None = None, 
                           seconds=round(time.monotonic() - started, 3))
 
 
-def preload_great_expectations() -> threading.Thread:
-    """Start importing Great Expectations (2.5 s) in a daemon thread and return it. A run calls this before
-    comparing its chunks, so the import overlaps with PostgreSQL's work; :func:`check_run_quality` then finds
-    the module loaded (or waits on Python's import lock for the thread to finish it)."""
-    def load() -> None:
-        with _quiet(), contextlib.suppress(Exception):
-            import great_expectations  # noqa: F401, PLC0415
-
-    thread = threading.Thread(target=load, name="preload-great-expectations", daemon=True)
-    thread.start()
-    return thread
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """GX logs at INFO about its own machinery; keep a run's output to what matters."""
-    gx_logger = logging.getLogger("great_expectations")
-    level = gx_logger.level
-    gx_logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        gx_logger.setLevel(level)
-
-
 STAGE_TABLE = "reconciler.quality_unexpected"
 
 
@@ -451,50 +432,6 @@ def clear_staged(engine: Engine, check_key: str) -> None:
         conn.execute(text(f"delete from {STAGE_TABLE} where check_key = :key"), {"key": check_key})
 
 
-def _cache_gx_templates() -> None:
-    """Data Docs: GX builds a fresh jinja Environment for every page it renders and compiles its templates
-    again each time (most of a build). Give those environments one shared, in-process bytecode cache, so each
-    template compiles once per process. Only the cache is added; the pages are the same."""
-    import jinja2  # noqa: PLC0415
-    from great_expectations.render.view import view  # noqa: PLC0415
-
-    if getattr(view, "_reconciler_cached", False):
-        return
-    cache = _MemoryBytecodeCache()
-    original = view.Environment
-
-    def environment(*args: Any, **kwargs: Any) -> jinja2.Environment:
-        kwargs.setdefault("bytecode_cache", cache)
-        return original(*args, **kwargs)
-
-    view.Environment = environment  # type: ignore[misc,assignment]
-    view._reconciler_cached = True  # type: ignore[attr-defined]
-
-
-class _MemoryBytecodeCache:
-    """A jinja2 bytecode cache in a dict (jinja's own in-memory caches are per Environment)."""
-
-    def __new__(cls) -> Any:
-        import jinja2  # noqa: PLC0415
-
-        class Cache(jinja2.BytecodeCache):
-            def __init__(self) -> None:
-                self._store: dict[str, bytes] = {}
-                self._lock = threading.Lock()
-
-            def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-                with self._lock:
-                    data = self._store.get(bucket.key)
-                if data is not None:
-                    bucket.bytecode_from_string(data)
-
-            def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-                with self._lock:
-                    self._store[bucket.key] = bucket.bytecode_to_string()
-
-        return Cache()
-
-
 def waits_for_run(spec: SuiteSpec) -> bool:
     """Whether a suite reads the run's own results (``$run_id`` in a query): it must wait for the comparison."""
     return any("$run_id" in e.get("kwargs", {}).get("unexpected_rows_query", "")
@@ -507,12 +444,12 @@ def run_suites(connection_string: str, specs: Sequence[SuiteSpec], values: RunVa
     """Evaluate the suites in one ephemeral GX context; Data Docs go to ``docs_dir``, built once. With
     ``engine``, each expectation's SQL runs once (:func:`stage_unexpected_rows`) and GX reads its rows. With
     ``ready``, the suites that do not wait for the run (:func:`waits_for_run`) go first, then ``ready()``."""
-    with _quiet():
-        import great_expectations as gx  # noqa: PLC0415  (2.5 s import: only when the step runs)
+    with quiet_gx():
+        gx = import_great_expectations()  # (1.3-2.5 s: only when the step runs)
         from great_expectations.core.run_identifier import RunIdentifier  # noqa: PLC0415
         from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: PLC0415
 
-        _cache_gx_templates()
+        cache_gx_templates()
         context = gx.get_context(mode="ephemeral")
         context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         if docs_dir.is_dir():  # a rerun replaces the run's Data Docs, as it replaces its stored results
@@ -630,3 +567,6 @@ def store_outcomes(conn: Connection, run_id: int, outcomes: Sequence[Expectation
         conn.execute(insert(quality_results), [
             {"run_id": run_id, "suite": o.suite, "expectation": o.expectation, "success": o.success,
              "details": o.details(docs_dir), "evaluated_at": evaluated_at} for o in outcomes])
+
+
+__all__ = ["DEFERRED_IMPORTS", "defer_import", "import_great_expectations", "preload_great_expectations"]

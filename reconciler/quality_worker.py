@@ -7,10 +7,12 @@ Invariant: the worker is an optimisation only. It changes no result: the child r
 in-process step runs, on its own engine, and stores the same rows; when the child cannot start, fails or dies,
 the parent runs the step in-process instead (so a lost database still surfaces there, as one clear line).
 
-Why a process and not a thread: importing GX costs about 2.5 s of Python, holding the GIL in slices; a
+Why a process and not a thread: importing GX costs 1.3-2.5 s of Python, holding the GIL in slices; a
 thread doing it beside the chunk workers delays every result the chunk threads wait for (measured: the
-comparison took twice as long). The child keeps the normal CPU priority: on a shared machine a lower one
-starved it behind other work (measured: the quality step took longer than without a child).
+comparison took twice as long; with the GIL's switch interval cut to 0.2 ms as well, 1M dry runs in fresh
+processes, rounds alternating, took 12.9, 6.5 and 6.4 s against 5.5, 9.7 and 5.3 s without the thread).
+The child keeps the normal CPU priority: on a shared machine a lower one starved it behind other work
+(measured: the quality step took longer than without a child).
 
 When it pays (bench/README.md): only when the GX work finds a free core. Where PostgreSQL runs on another
 machine, the comparison leaves this one idle, and the child takes GX's import and most of its checks off the

@@ -3,17 +3,17 @@
 Invariant: every figure is read from PostgreSQL in ONE repeatable-read snapshot (sums in ``numeric``,
 never float), so the page, the CSV and the JSON agree with each other and with the database at that
 moment; the numbers are shaped by the pure :mod:`reconciler.report_model`. The HTML needs no network:
-CSS is inline and charts are inline SVG (matplotlib, Agg backend, imported only here).
+CSS is inline and charts are inline SVG (hand-written, :mod:`reconciler.report_charts`).
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
-import io
+import functools
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from reconciler import report_store
 from reconciler.audit import read_head
 from reconciler.errors import RunNotFoundError
 from reconciler.money import ZERO, format_money
+from reconciler.report_charts import line_chart
 from reconciler.report_model import (
     DEFAULT_TOP_DRIFTS,
     DEFAULT_TREND_RUNS,
@@ -366,8 +367,10 @@ def money(value: Decimal | None) -> str:
     return "" if value is None else format_money(value)
 
 
-def render_html(model: ReportModel) -> str:
-    """The report page: Jinja2 with autoescape, charts inlined as SVG."""
+@functools.cache
+def _environment() -> Any:
+    """The report's Jinja2 environment, made once per process (its template compiles once: Jinja checks the
+    file's modification time on each use, so an edited template is still picked up)."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: PLC0415
 
     env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -376,7 +379,13 @@ def render_html(model: ReportModel) -> str:
     env.filters["when"] = _when
     env.filters["cause_label"] = cause_label
     env.globals.update(severity=severity, observed=observed)
-    return env.get_template("report.html.j2").render(m=model, s=model.summary, charts=render_charts(model))
+    return env
+
+
+def render_html(model: ReportModel) -> str:
+    """The report page: Jinja2 with autoescape, charts inlined as SVG."""
+    return str(_environment().get_template("report.html.j2").render(m=model, s=model.summary,
+                                                                     charts=render_charts(model)))
 
 
 def _when(value: dt.datetime | None) -> str:
@@ -393,51 +402,10 @@ def render_charts(model: ReportModel) -> dict[str, str]:
     labels = [str(p.run_id) for p in points]
     # Floats only for drawing: the tables beside the charts show the exact amounts.
     return {
-        "drift_count": _line_chart(labels, [float(p.drift_count) for p in points],
-                                   "Drifting customers per run", "customers"),
-        "abs_drift": _line_chart(labels, [float(p.total_abs_drift) for p in points],
-                                 "Total absolute drift per run", "amount"),
-        "resolve": _line_chart(labels, [p.median_hours_to_resolve for p in points],
-                               "Median hours to resolve (tasks opened by the run)", "hours"),
+        "drift_count": line_chart(labels, [float(p.drift_count) for p in points],
+                                  "Drifting customers per run", "customers"),
+        "abs_drift": line_chart(labels, [float(p.total_abs_drift) for p in points],
+                                "Total absolute drift per run", "amount"),
+        "resolve": line_chart(labels, [p.median_hours_to_resolve for p in points],
+                              "Median hours to resolve (tasks opened by the run)", "hours"),
     }
-
-
-def _tick(value: float, _position: int) -> str:
-    return f"{value:,.0f}" if value == int(value) or abs(value) >= 100 else f"{value:,.2f}"
-
-
-def _line_chart(labels: Sequence[str], values: Sequence[float | None], title: str, unit: str) -> str:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt  # noqa: PLC0415
-    from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: PLC0415
-
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "reconciler", "font.size": 9}):
-        fig, ax = plt.subplots(figsize=(5.2, 2.4), dpi=100)
-        try:
-            xs = list(range(len(labels)))
-            known = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
-            if known:
-                ax.plot([x for x, _ in known], [v for _, v in known], marker="o", color="#1f4e79", linewidth=1.6,
-                        markersize=3.5)
-            else:
-                ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes, color="#666")
-            ax.set_title(title, fontsize=10, loc="left")
-            ax.set_xlabel("run")
-            ax.set_ylabel(unit)
-            step = max(1, len(labels) // 10)
-            ax.set_xticks(xs[::step], labels[::step])
-            ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
-            ax.yaxis.set_major_formatter(FuncFormatter(_tick))
-            ax.set_ylim(bottom=0)
-            ax.grid(True, axis="y", color="#ddd", linewidth=0.6)
-            for side in ("top", "right"):
-                ax.spines[side].set_visible(False)
-            fig.tight_layout()
-            buffer = io.StringIO()
-            fig.savefig(buffer, format="svg", metadata={"Date": None})
-        finally:
-            plt.close(fig)
-    svg = buffer.getvalue()
-    return svg[svg.index("<svg"):]

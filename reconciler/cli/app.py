@@ -167,11 +167,12 @@ def database_command(doing: str) -> Iterator[tuple[Engine, Engine | None]]:
             read_engine.dispose()
 
 
-def open_engine() -> Engine:
-    """The ledger engine for a command (``RECONCILER_DATABASE_URL`` or the embedded database)."""
-    from reconciler.db import make_engine  # noqa: PLC0415
+def open_engine(*, pool_size: int | None = None) -> Engine:
+    """The ledger engine for a command (``RECONCILER_DATABASE_URL`` or the embedded database); ``pool_size``
+    raises the pool above its default (never lowers it)."""
+    from reconciler.db import DEFAULT_POOL_SIZE, make_engine  # noqa: PLC0415
 
-    return make_engine()
+    return make_engine(pool_size=max(pool_size, DEFAULT_POOL_SIZE)) if pool_size else make_engine()
 
 
 def open_read_engine() -> Engine | None:

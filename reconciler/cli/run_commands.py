@@ -94,7 +94,9 @@ def run(
     except ReconcilerError as exc:
         fail(str(exc), ExitCode.USAGE)
     try:
-        engine = open_engine()
+        # The run holds a connection for its session lock and each chunk worker two at once (bookkeeping and its
+        # read-only comparison): a pool below that would open a fresh connection for every chunk.
+        engine = open_engine(pool_size=2 * options.workers + 2)
         read_engine = open_read_engine()
     except DatabaseUnavailableError as exc:
         fail(str(exc), ExitCode.FAILED)

@@ -84,8 +84,13 @@ def apply_run_corrections(engine: Engine, run_id: int) -> dict[str, object]:
         totals = runs.tally(conn, run_id)
         runs.store_totals(conn, run_id, totals)
     guardrails = options.guardrails
-    population = ratio_population(engine, run["mode"], totals.customers_checked)
+    population = totals.customers_checked
     halted_reason = halt_reason(totals.drift_count, population, guardrails)
+    if halted_reason is not None:
+        # Only then can the population matter: a larger one gives a smaller ratio, so a ratio within bounds over
+        # the customers checked is within bounds over every customer (an incremental run's count is of them all).
+        population = ratio_population(engine, run["mode"], population)
+        halted_reason = halt_reason(totals.drift_count, population, guardrails)
     counts: Counter[str] = Counter()
     busy: list[CorrectionResult] = []
     by = f"run {run_id}"

@@ -79,7 +79,9 @@ def _compare_all(engine: Engine, run_id: int, plan: Sequence[Mapping[str, int]],
 def run_reconciliation(engine: Engine, options: RunOptions, *, trigger: str = "cli",
                        progress: Progress | None = None, report_dir: Path | None = None,
                        read_engine: Engine | None = None) -> RunSummary:
-    """Run every step in this process, chunks compared in parallel on ``options.workers`` connections.
+    """Run every step in this process, chunks compared in parallel by ``options.workers`` threads (each holds two
+    of ``engine``'s connections while it compares a chunk, and the run one more for its session lock: size the
+    pool for ``2 * workers + 1``, or each chunk opens a connection of its own).
 
     The read-only steps (compare and explain, quality checks, report) read on ``read_engine`` when given (the
     read URL: a replica, or a login that may only SELECT), else on ``engine``; read only either way.

@@ -8,16 +8,14 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from psycopg import sql
@@ -26,6 +24,7 @@ from sqlalchemy.engine import URL
 
 from reconciler.schema import runs, tasks
 from tests.factories import cached_balance, ledger_sum, make_customer, post_entry, set_cached_balance
+from tests.fix_airflow_server import Api, free_port
 from tests.fix_db import _admin
 
 pytestmark = pytest.mark.slow
@@ -33,12 +32,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "test-admin-password"
 T = TypeVar("T")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_for(what: str, check: Callable[[], T | None], timeout: float, server: subprocess.Popen[bytes],
@@ -54,23 +47,6 @@ def _wait_for(what: str, check: Callable[[], T | None], timeout: float, server: 
             return value
         time.sleep(0.5)
     pytest.fail(f"no {what} within {timeout:.0f} s; server log tail:\n{log.read_text()[-4000:]}")
-
-
-@dataclass
-class Api:
-    base: str
-    token: str = ""
-
-    def call(self, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            f"{self.base}{path}", method=method, data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json",
-                     **({"Authorization": f"Bearer {self.token}"} if self.token else {})})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
 
 
 @dataclass
@@ -99,7 +75,7 @@ def standalone(db_url: URL, engine: Engine, server_url: URL, tmp_path: Path) -> 
     home = tmp_path / "airflow"
     home.mkdir()
     (home / "simple_auth_manager_passwords.json.generated").write_text(json.dumps({"admin": PASSWORD}))
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "RECONCILER_HOME": str(tmp_path / "home"),

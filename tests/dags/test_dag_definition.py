@@ -228,7 +228,7 @@ def test_airflowignore_keeps_the_helper_modules_out_of_parsing(dagbag: Any) -> N
 
 def test_runs_emit_balances_reconciled_and_the_example_consumes_it(dagbag: Any) -> None:
     """build_report has the asset reconciler://ledger/balances as outlet, compare_chunk reads the ledger's
-    tables as inlets (OpenLineage's datasets), and the example finance export is scheduled on that asset and
+    tables as inlets, and the example finance export is scheduled on that asset and
     picks the newest succeeded run's metadata from its triggering events."""
     dag = dagbag.dags["ledger_reconciliation"]
     assert [a.uri for a in dag.get_task("build_report").outlets] == ["reconciler://ledger/balances"]
@@ -245,6 +245,23 @@ def test_runs_emit_balances_reconciled_and_the_example_consumes_it(dagbag: Any) 
     assert latest_reconciled([Event(run_id=1, status="succeeded"), Event(run_id=2, status="halted")]) == {
         "run_id": 1, "status": "succeeded"}
     assert latest_reconciled([Event(run_id=2, status="halted")]) is None
+
+
+def test_openlineage_would_read_postgres_assets_but_not_ours(dagbag: Any) -> None:
+    """What the README says about OpenLineage holds: the provider is not installed, and its extractor keeps only
+    assets whose URI scheme has a converter registered by an installed provider: postgres:// has one (the
+    postgres provider), the reconciler:// scheme of our inlets and outlets has none."""
+    import importlib.util
+
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    assert importlib.util.find_spec("airflow.providers.openlineage") is None
+    converters = ProvidersManagerTaskRuntime().asset_to_openlineage_converters
+    assert {"postgres", "postgresql"} <= set(converters)
+    dag = dagbag.dags["ledger_reconciliation"]
+    ours = [*dag.get_task("compare_chunk").partial_kwargs.get("inlets", []), *dag.get_task("build_report").outlets]
+    assert ours and {a.uri.split("://", 1)[0] for a in ours} == {"reconciler"}
+    assert "reconciler" not in converters
 
 
 def test_review_step_is_a_hitl_operator_with_a_timeout(dagbag: Any) -> None:

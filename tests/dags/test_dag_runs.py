@@ -298,6 +298,52 @@ def test_four_eyes_approval_in_the_airflow_ui(dagbag: Any, ledger: Engine, webho
     assert len(webhook.received) == 1
 
 
+@pytest.fixture
+def as_scheduled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dag.test()`` starts a timetable (scheduled) DAG run with no triggering user, as the scheduler does at
+    02:00, instead of its manual run by "dag_test"."""
+    from airflow.models import dagrun
+    from airflow.utils.state import DagRunState
+    from airflow.utils.types import DagRunTriggeredByType, DagRunType
+
+    def scheduled_dagrun(*, dag: Any, logical_date: Any, data_interval: Any, run_after: Any, conf: Any,
+                         start_date: Any, session: Any, **_: Any) -> Any:
+        return dag.create_dagrun(
+            run_id=dagrun.DagRun.generate_run_id(run_type=DagRunType.SCHEDULED, logical_date=logical_date,
+                                                 run_after=run_after),
+            logical_date=logical_date, data_interval=data_interval, run_after=run_after, conf=conf,
+            run_type=DagRunType.SCHEDULED, state=DagRunState.RUNNING, triggered_by=DagRunTriggeredByType.TIMETABLE,
+            triggering_user_name=None, start_date=start_date or logical_date, session=session)
+
+    monkeypatch.setattr(dagrun, "get_or_create_dagrun", scheduled_dagrun)
+
+
+def test_scheduled_run_review_is_assigned_to_every_configured_approver(dagbag: Any, ledger: Engine,
+                                                                       webhook: Webhook, reviewer: Responder,
+                                                                       as_scheduled: None,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scheduled run has no trigger user, so its review form is assigned to the whole approver list; someone
+    outside the list is refused (403) and any listed reviewer may approve: the task is corrected with them as
+    approver in its audit trail."""
+    monkeypatch.setenv("RECONCILER_APPROVERS", "erin, frank")
+    reviewer.answer("mallory", "Approve all")
+    reviewer.answer("frank", "Approve all", note="nightly review: bank confirmed")
+    dag_run = _run(dagbag, {"chunk_size": 10, "max_drift_ratio": "1", "alert_drift_above": None})
+    assert dag_run.state == "success", _states(dag_run)
+    assert str(getattr(dag_run.run_type, "value", dag_run.run_type)) == "scheduled"
+    [run] = _run_rows(ledger)
+    assert run["trigger"] == "scheduled" and not run["outcome"].get("triggered_by")
+    [form] = reviewer.seen
+    assert form["assigned_users"] == [{"id": "erin", "name": "erin"}, {"id": "frank", "name": "frank"}]
+    assert reviewer.errors and "mallory" in reviewer.errors[0]
+    assert cached_balance(ledger, 29) == ledger_sum(ledger, 29)
+    assert {row["customer_id"]: row["status"] for row in _task_rows(ledger)} == {
+        5: "corrected", 17: "corrected", 29: "corrected"}
+    correct = _events(ledger, 29)[-1]
+    assert (correct["action"], correct["by"], correct["values"]["approved_by"]) == ("correct", "frank", "frank")
+    assert correct["note"] == "nightly review: bank confirmed"
+
+
 def test_unanswered_review_corrects_nothing_and_alerts(dagbag: Any, ledger: Engine, webhook: Webhook,
                                                        reviewer: Responder) -> None:
     """When nobody answers before the response timeout (the scheduler's sweep takes the default), nothing is

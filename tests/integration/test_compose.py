@@ -68,12 +68,12 @@ def test_services_and_profiles(compose: dict[str, Any]) -> None:
         assert services[name]["profiles"] == ["celery"], name
     assert services["airflow-db"]["image"] == "postgres:16" and services["ledger-db"]["image"] == "postgres:16"
     assert services["redis"]["image"].startswith("redis:")
-    assert services["airflow-worker"]["command"] == "celery worker"
+    assert services["airflow-worker"]["command"].startswith("celery worker")
     assert "container_name" not in services["airflow-worker"]  # --scale needs unnamed containers
     commands = {name: services[name].get("command") for name in AIRFLOW_SERVICES - {"airflow-init"}}
     assert commands == {"airflow-apiserver": "api-server", "airflow-scheduler": "scheduler",
                         "airflow-dag-processor": "dag-processor", "airflow-triggerer": "triggerer",
-                        "airflow-worker": "celery worker"}
+                        "airflow-worker": "celery worker --concurrency ${AIRFLOW_WORKER_CONCURRENCY:-4}"}
 
 
 def test_airflow_services_run_the_project_image(compose: dict[str, Any]) -> None:
@@ -110,6 +110,26 @@ def test_airflow_environment_wires_ledger_and_components(compose: dict[str, Any]
     for name in AIRFLOW_SERVICES - {"airflow-init"}:
         depends = services[name]["depends_on"]
         assert depends["airflow-init"]["condition"] == "service_completed_successfully", name
+
+
+def test_celery_profile_uses_the_settings_the_celery_test_runs_with(compose: dict[str, Any]) -> None:
+    """The Celery profile is what tests/dags/test_celery_workers.py runs for real: the same worker command, the
+    Redis broker URL's shape, the db+postgresql:// result backend on Airflow's metadata database, and the
+    api-server's execution API for every component (so workers can run their tasks)."""
+    from tests.fix_celery import CONCURRENCY_FLAG, WORKER_COMMAND, celery_environment
+
+    services = compose["services"]
+    worker = services["airflow-worker"]
+    command = worker["command"].split()
+    assert command[:len(WORKER_COMMAND)] == list(WORKER_COMMAND) and command[len(WORKER_COMMAND)] == CONCURRENCY_FLAG
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    for name in AIRFLOW_SERVICES:
+        env = services[name]["environment"]
+        wanted = celery_environment(broker="redis://redis:6379/0",
+                                    sql_alchemy_conn=env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+                                    api_server="http://airflow-apiserver:8080")
+        wanted["AIRFLOW__CORE__EXECUTOR"] = "${AIRFLOW_EXECUTOR:-LocalExecutor}"  # CeleryExecutor with the profile
+        assert {key: env.get(key) for key in wanted} == wanted, name
 
 
 def test_readme_deployment_section_agrees_with_the_compose_file() -> None:

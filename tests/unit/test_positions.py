@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.positions import Position, advance, parse_snapshot, window_start
+from reconciler.positions import Position, advance, window_start
+from reconciler.snapshots import parse
 
 
 def test_without_writers_in_flight_everything_visible_is_settled() -> None:
@@ -37,7 +38,7 @@ def test_positions_round_trip_through_json() -> None:
     assert position.snapshot == "100:105:100,103"
     assert Position.from_json(position.to_json()) == position
     assert Position.from_json(None) is None and Position.from_json({"through_id": 1}) is None
-    assert parse_snapshot("5:9:") == (5, 9, ())
+    assert parse("5:9:") == Position(0, 0, 5, 9).read_in
 
 
 @given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 5), st.lists(st.integers(0, 5), max_size=3)),
