@@ -1,6 +1,7 @@
 """One customer's stored balance against its ledger, read with psycopg alone: what ``reconciler check`` runs.
 
-Invariant: the same single statement (one snapshot, no lock, no write) and the same verdict as
+Invariant: the same single statement (one snapshot, no lock, no write; :func:`validate_sql` is its one home,
+which the balance core imports) and the same verdict as
 :meth:`reconciler.balances.BalanceManager.validate_balance` (a test holds them equal), without importing
 SQLAlchemy, the balance core or a pool: a command that reads one row starts in a fraction of the time.
 """
@@ -16,15 +17,23 @@ from reconciler.config import configured_database_url
 from reconciler.errors import CustomerNotFoundError, DatabaseUnavailableError
 from reconciler.money import is_drift
 
-VALIDATE_SQL = """
+
+def validate_sql(customer_id: str) -> str:
+    """THE balance check statement (its one home): the stored balance, the ledger sum and the entry count of
+    the customer whose id is the bound parameter ``customer_id`` (written in the caller's parameter style:
+    psycopg's here, SQLAlchemy's in :mod:`reconciler.balances.statements`)."""
+    return f"""
 SELECT c.balance, totals.ledger_sum, totals.entry_count
 FROM customers AS c
 CROSS JOIN LATERAL (
     SELECT coalesce(sum(e.amount), 0) AS ledger_sum, count(*) AS entry_count
     FROM customer_ledger_entries AS e WHERE e.customer_id = c.id
 ) AS totals
-WHERE c.id = %(customer_id)s::bigint
+WHERE c.id = {customer_id}
 """
+
+
+VALIDATE_SQL = validate_sql("%(customer_id)s::bigint")
 
 
 @dataclass(frozen=True)

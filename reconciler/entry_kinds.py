@@ -77,9 +77,21 @@ def _load(path: Path) -> EntryKinds:
     return EntryKinds(frozenset(kinds), max_length, path)
 
 
+#: (RECONCILER_ENTRY_KINDS as last seen, its list): the balance core checks a kind on every payment, and this
+#: spares it building and hashing a Path each time while still following a changed setting.
+_in_force: tuple[str, EntryKinds] | None = None
+
+
 def load_entry_kinds() -> EntryKinds:
     """The list in force (read once per process and path)."""
-    return _load(entry_kinds_path())
+    global _in_force
+    configured = os.environ.get(ENTRY_KINDS_ENV, "")
+    known = _in_force
+    if known is not None and known[0] == configured:
+        return known[1]
+    kinds = _load(entry_kinds_path())
+    _in_force = (configured, kinds)
+    return kinds
 
 
 def check_kind(kind: object) -> str:

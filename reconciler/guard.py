@@ -30,10 +30,12 @@ beside them):
   not-core WHEN (the core's writes are fed too), one row per customer per transaction; installed and
   removed with the guard.
 - ``guard_check_ledger`` (a deferred constraint trigger on ``bypass_writes``, django-hordak's model):
-  at commit, once per (transaction, customer), compares the balance with the ledger sum and with the
-  chain's last ``balance_after`` (or the reconciliation anchor), sets ``breaks_ledger`` on the
-  transaction's rows of that customer and opens or updates the customer's unresolved task (the statement
-  is ``reconciler.tasks.BYPASS_TASK_UPSERT``: the task lifecycle stays in one module).
+  at commit, once per (transaction, customer), compares the balance with the chain's last ``balance_after``
+  (or the reconciliation anchor), in O(1) by the covering index, and with the ledger sum only when that can
+  say more (the transaction wrote the customer's entries, the chain has no ``balance_after``, the customer
+  is gone); sets ``breaks_ledger`` on the transaction's rows of that customer and, only when it broke,
+  opens or updates the customer's unresolved task (the statement is ``reconciler.tasks.BYPASS_TASK_UPSERT``:
+  the task lifecycle stays in one module). A clean bypass opens nothing and audits nothing.
 
 Nothing in the guard takes or waits on a customer's row lock: it reads customers without locking, and
 ``bypass_writes`` has no foreign key to ``customers``. The task write is bounded by ``lock_timeout``.
@@ -50,13 +52,12 @@ from sqlalchemy.exc import DBAPIError
 
 from reconciler import change_feed
 from reconciler.audit import AuditEvent, append_audit
-from reconciler.balances import CORE_WRITER, WRITER_SETTING
 from reconciler.errors import InvalidOperationError, ReconcilerError
 from reconciler.tasks import BYPASS_TASK_UPSERT
 
 MODES = ("observe", "enforce")
 #: The capture triggers' WHEN: rows the balance core wrote (its statements set the mark) queue nothing.
-NOT_CORE = f"current_setting('{WRITER_SETTING}', true) IS DISTINCT FROM '{CORE_WRITER}'"
+NOT_CORE = change_feed.NOT_CORE
 #: application_name is at most NAMEDATALEN - 1 bytes.
 MAX_APPLICATION_NAME = 63
 STATEMENT_LIMIT = 2000
@@ -127,6 +128,22 @@ class LedgerTables:
     search_path: str = "pg_catalog, public, pg_temp"
 
 
+def _refuse_or_record(what: str, customer: str, record: str, failure: str, failure_args: str) -> str:
+    """The body every capture trigger shares (PL/pgSQL): in ``enforce`` refuse the write unless the writer's
+    application_name is allow-listed (the trigger's arguments after the mode); else run ``record`` inside an
+    exception block, so a failure of the capture is a WARNING naming ``failure``, never the writer's error."""
+    return f"""    if tg_argv[0] = 'enforce'
+       and not coalesce(current_setting('application_name', true) = any(tg_argv[1:]), false) then
+        perform reconciler.guard_refuse({what}, tg_op, {customer});
+    end if;
+    begin{record}
+    exception when others then
+        raise warning 'reconciler guard: {failure} was not recorded: % (SQLSTATE %)',
+            {failure_args}, sqlerrm, sqlstate;
+    end;
+    return null;"""
+
+
 def functions_sql(tables: LedgerTables) -> str:
     """The guard's functions, with the ledger's tables qualified (the definer functions pin search_path)."""
     c, e = tables.customers, tables.entries
@@ -187,19 +204,10 @@ begin
     else
         customer := new.id; before_balance := old.balance; after_balance := new.balance;
     end if;
-    if tg_argv[0] = 'enforce'
-       and not coalesce(current_setting('application_name', true) = any(tg_argv[1:]), false) then
-        perform reconciler.guard_refuse('customers.balance', tg_op, customer);
-    end if;
-    begin
+{_refuse_or_record("'customers.balance'", "customer", '''
         perform reconciler.guard_record(current_user::text, 'customers', tg_op, customer, before_balance,
                                         after_balance, coalesce(after_balance, 0) - coalesce(before_balance, 0),
-                                        null, null);
-    exception when others then
-        raise warning 'reconciler guard: a % of customers.balance (customer %) was not recorded: % (SQLSTATE %)',
-            tg_op, customer, sqlerrm, sqlstate;
-    end;
-    return null;
+                                        null, null);''', "a % of customers.balance (customer %)", "tg_op, customer")}
 end $capture$;
 
 create or replace function reconciler.guard_capture_entries() returns trigger
@@ -208,11 +216,7 @@ declare
     customer bigint;
 begin
     customer := case when tg_op = 'DELETE' then old.customer_id else new.customer_id end;
-    if tg_argv[0] = 'enforce'
-       and not coalesce(current_setting('application_name', true) = any(tg_argv[1:]), false) then
-        perform reconciler.guard_refuse('customer_ledger_entries', tg_op, customer);
-    end if;
-    begin
+{_refuse_or_record("'customer_ledger_entries'", "customer", '''
         if tg_op = 'INSERT' then
             perform reconciler.guard_record(current_user::text, 'customer_ledger_entries', tg_op, new.customer_id,
                                             null, null, new.amount, new.id, new.amount);
@@ -227,34 +231,24 @@ begin
         else
             perform reconciler.guard_record(current_user::text, 'customer_ledger_entries', tg_op, new.customer_id,
                                             null, null, new.amount - old.amount, new.id, new.amount);
-        end if;
-    exception when others then
-        raise warning 'reconciler guard: a % of customer_ledger_entries (customer %) was not recorded: % (SQLSTATE %)',
-            tg_op, customer, sqlerrm, sqlstate;
-    end;
-    return null;
+        end if;''', "a % of customer_ledger_entries (customer %)", "tg_op, customer")}
 end $capture$;
 
 create or replace function reconciler.guard_capture_truncate() returns trigger
 language plpgsql as $capture$
 begin
-    if tg_argv[0] = 'enforce'
-       and not coalesce(current_setting('application_name', true) = any(tg_argv[1:]), false) then
-        perform reconciler.guard_refuse(tg_table_name, tg_op, null);
-    end if;
-    begin
-        perform reconciler.guard_record(current_user::text, tg_table_name, tg_op, null, null, null, null, null, null);
-    exception when others then
-        raise warning 'reconciler guard: a TRUNCATE of % was not recorded: % (SQLSTATE %)',
-            tg_table_name, sqlerrm, sqlstate;
-    end;
-    return null;
+{_refuse_or_record("tg_table_name", "null", '''
+        perform reconciler.guard_record(current_user::text, tg_table_name, tg_op, null, null, null, null, null,
+                                        null);''',
+                   "a TRUNCATE of %", "tg_table_name")}
 end $capture$;
 
 create or replace function reconciler.guard_check_ledger() returns trigger
 language plpgsql security definer set search_path = {tables.search_path}
 set lock_timeout = '{TASK_LOCK_TIMEOUT}' as $check$
 declare
+    decided boolean;
+    entries_written boolean;
     stored numeric;
     total numeric;
     last_id bigint;
@@ -268,27 +262,37 @@ declare
     probable text;
     writer jsonb;
     story text;
+    task_id bigint;
+    task_event jsonb;
 begin
     -- The first check of a (transaction, customer) decides all of its rows: the others have nothing to do.
-    if exists (select from reconciler.bypass_writes w
-               where w.customer_id = new.customer_id and w.txid = new.txid and w.breaks_ledger is not null) then
+    select bool_or(w.breaks_ledger is not null), bool_or(w.table_name <> 'customers')
+    into decided, entries_written
+    from reconciler.bypass_writes w where w.customer_id = new.customer_id and w.txid = new.txid;
+    if decided then
         return null;
     end if;
     begin
         select c.balance into stored from {c} c where c.id = new.customer_id;
-        select coalesce(sum(e.amount), 0) into total from {e} e where e.customer_id = new.customer_id;
         select e.id, e.balance_after into last_id, last_after from {e} e
         where e.customer_id = new.customer_id order by e.id desc limit 1;
         select r.chain_entry_id, r.balance_after into anchor_entry, anchor_balance
         from reconciler.balance_reconciliations r where r.customer_id = new.customer_id order by r.id desc limit 1;
+        expected := case when anchor_balance is not null and anchor_entry is not distinct from last_id
+                             then anchor_balance
+                         when last_id is null then 0
+                         else last_after end;  -- NULL: an entry without balance_after, no chain to check
+        -- A balance written around the core is judged by the chain's end, in O(1): the balance after the last
+        -- entry (or the reconciliation anchor). The ledger SUM (O(entries)) is read only when it can say more:
+        -- this transaction wrote the customer's entries (an entry edited or deleted mid-chain leaves the chain's
+        -- end as it was), the chain has no balance_after to compare with, or the customer is gone.
+        if stored is null or entries_written or expected is null then
+            select coalesce(sum(e.amount), 0) into total from {e} e where e.customer_id = new.customer_id;
+        end if;
         if stored is null then  -- the customer is gone: only entries left behind break anything
             breaks := total <> 0;
         else
-            expected := case when anchor_balance is not null and anchor_entry is not distinct from last_id
-                                 then anchor_balance
-                             when last_id is null then 0
-                             else last_after end;  -- NULL: an entry without balance_after, no chain to check
-            breaks := stored <> total or (expected is not null and stored <> expected);
+            breaks := coalesce(stored <> total, false) or coalesce(stored <> expected, false);
         end if;
         with marked as (
             update reconciler.bypass_writes w set breaks_ledger = breaks
@@ -304,7 +308,7 @@ begin
         return null;
     end if;
     begin
-        ledger := case when stored <> total then total else expected end;
+        ledger := case when stored <> total then total else expected end;  -- total NULL: not read, the chain broke
         probable := case when new.table_name = 'customers' then 'balance_written_around_ledger'
                          when new.operation = 'INSERT' then 'unapplied_entry'
                          when new.operation = 'DELETE' then 'missing_entry'

@@ -168,9 +168,17 @@ MAX_TASK_EVENTS = 100
 #: the core broke a customer's ledger: open the customer's task with ``source = 'bypass'``, the bypass rows as
 #: evidence and an ``open`` event, or update its unresolved one with an ``update`` event (the same
 #: one-unresolved-task rule). It reads the check's variables: ``new`` (the ``bypass_writes`` row), ``stored``
-#: (the balance), ``total`` (the ledger sum), ``ledger`` (the sum, or the chain's last balance_after when only the
-#: chain broke), ``probable`` (the cause), ``writer`` (jsonb), ``story`` (text) and ``ids`` (bigint[]). Its event is
-#: also appended to the audit chain, like every other transition's.
+#: (the balance), ``total`` (the ledger sum; NULL when the check judged by the chain alone), ``ledger`` (the sum,
+#: or the chain's last balance_after when only the chain broke), ``probable`` (the cause), ``writer`` (jsonb),
+#: ``story`` (text) and ``ids`` (bigint[]), and sets ``task_id`` and ``task_event`` (the event it added). That
+#: event is also appended to the audit chain, like every other transition's.
+_BYPASS_UPDATE_EVENT = """jsonb_build_object(
+            'at', now(), 'by', 'reconciler guard', 'action', 'update', 'from', t.status, 'to', t.status,
+            'note', 'a write around the core changed the drift', 'run_id', null,
+            'values', jsonb_build_object('old_drift', t.drift::text, 'drift', excluded.drift::text,
+                                         'stored_balance', excluded.stored_balance::text,
+                                         'ledger_sum', excluded.ledger_sum::text,
+                                         'bypass_write_ids', to_jsonb(ids)))"""
 BYPASS_TASK_UPSERT = f"""
 insert into reconciler.tasks as t
     (customer_id, stored_balance, ledger_sum, drift, status, source, cause, evidence, resolution)
@@ -197,24 +205,19 @@ on conflict (customer_id) where status in ('open', 'needs_review') do update set
     resolution = case
         when jsonb_array_length(coalesce(t.resolution -> 'events', '[]'::jsonb)) >= {MAX_TASK_EVENTS}
         then t.resolution
-        else jsonb_set(t.resolution, '{{events}}', coalesce(t.resolution -> 'events', '[]'::jsonb)
-        || jsonb_build_array(jsonb_build_object(
-            'at', now(), 'by', 'reconciler guard', 'action', 'update', 'from', t.status, 'to', t.status,
-            'note', 'a write around the core changed the drift', 'run_id', null,
-            'values', jsonb_build_object('old_drift', t.drift::text, 'drift', excluded.drift::text,
-                                         'stored_balance', excluded.stored_balance::text,
-                                         'ledger_sum', excluded.ledger_sum::text,
-                                         'bypass_write_ids', to_jsonb(ids))))) end;
+        -- jsonb_insert appends in one pass over the task's history (jsonb_set(r, events, r -> events || e) takes three)
+        when t.resolution -> 'events' is not null
+        then jsonb_insert(t.resolution, '{{events,-1}}', {_BYPASS_UPDATE_EVENT}, true)
+        else jsonb_set(coalesce(t.resolution, '{{}}'::jsonb), '{{events}}',
+                       jsonb_build_array({_BYPASS_UPDATE_EVENT})) end
+returning t.id, t.resolution -> 'events' -> -1 into task_id, task_event;
 -- Its audit row (reconciler.audit), when the statement above added an event now (not when a hot writer's task is
--- at MAX_TASK_EVENTS and was left as it was).
-perform reconciler.append_audit(jsonb_build_array(jsonb_build_object(
-    'kind', 'task', 'actor', 'reconciler guard',
-    'data', jsonb_build_object('task_id', a.id, 'customer_id', a.customer_id,
-                               'event', a.resolution -> 'events' -> -1))))
-from reconciler.tasks a
-where a.customer_id = new.customer_id and a.status in ('open', 'needs_review')
-  and a.resolution -> 'events' -> -1 ->> 'by' = 'reconciler guard'
-  and (a.resolution -> 'events' -> -1 ->> 'at')::timestamptz = now();"""
+-- at MAX_TASK_EVENTS and was left as it was): the event it returned, no second read of the task.
+if task_event ->> 'by' = 'reconciler guard' and (task_event ->> 'at')::timestamptz = now() then
+    perform reconciler.append_audit(jsonb_build_array(jsonb_build_object(
+        'kind', 'task', 'actor', 'reconciler guard',
+        'data', jsonb_build_object('task_id', task_id, 'customer_id', new.customer_id, 'event', task_event))));
+end if;"""
 
 
 _DISMISS_VANISHED = text(_audited(ctes="""current as (

@@ -5,8 +5,10 @@ retrying serialization failures and deadlocks a bounded number of times (classif
 :mod:`reconciler.db_errors`). A chain mismatch opens the customer's realtime task through the task
 lifecycle (:func:`reconciler.tasks.open_realtime_task`) inside the change's own transaction.
 
-Longer than ~500 lines on purpose: it is one class whose three write paths (fast, locked, transfer) and
-their shared retry/transaction helpers must be read together to see that each change is one transaction.
+One statement in autocommit (the fast path, an uncached read) runs through :mod:`.autocommit`, which keeps
+the manager's connections between calls. Still longer than ~500 lines on purpose: it is one class whose three
+write paths (fast, locked, transfer) and their shared retry/transaction helpers must be read together to see
+that each change is one transaction.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sqlalchemy import Connection, Engine, TextClause
 from sqlalchemy.exc import DBAPIError
 
 from reconciler import tasks as task_lifecycle
-from reconciler.db import connection_is_alive, describe_url
+from reconciler.db import describe_url
 from reconciler.db_errors import (
     is_connection_failure,
     is_lock_not_available,
@@ -40,6 +42,7 @@ from reconciler.errors import CustomerBusyError, DatabaseUnavailableError, Inval
 from reconciler.money import DEFAULT_TOLERANCE, MAX_AMOUNT, is_drift, to_positive_money, to_tolerance
 from reconciler.row_locks import describe_lockers, row_lockers
 
+from .autocommit import HeldConnections, execute_pinned
 from .cache import BalanceCache
 from .rules import (
     _insufficient,
@@ -98,41 +101,6 @@ log = logging.getLogger("reconciler.balances")
 CORRECTED_BY = "balance core"
 
 T = TypeVar("T")
-_CURSOR_INFO_KEY = "reconciler.balances.cursor"
-
-
-#: At most this many connections are kept by one manager between calls (fewer when the pool runs short).
-_MAX_IDLE_HELD = 32
-
-
-class _Held:
-    """A pooled connection this manager keeps checked out between calls, in autocommit, with its cursor."""
-
-    __slots__ = ("conn", "cursor", "fairy", "since")
-
-    def __init__(self, fairy: Any, conn: psycopg.Connection[Any], cursor: psycopg.Cursor[Any]) -> None:
-        self.fairy, self.conn, self.cursor, self.since = fairy, conn, cursor, time.monotonic()
-
-
-def _release(held: _Held) -> None:
-    """Back to the pool, transactional again (what SQLAlchemy expects); a broken one is discarded."""
-    try:
-        if held.conn.broken or held.conn.closed:
-            held.fairy.invalidate()
-            return
-        held.conn.autocommit = False
-        held.fairy.close()
-    except Exception:  # the pool may be disposed, the interpreter ending: the connection goes either way
-        log.debug("could not return a held connection to the pool", exc_info=True)
-
-
-def _release_all(idle: list[_Held]) -> None:
-    while idle:
-        try:
-            held = idle.pop()
-        except IndexError:
-            return
-        _release(held)
 
 
 class _KeyTaken(Exception):
@@ -176,8 +144,8 @@ class BalanceManager:
                 f"build the engine with reconciler.db.make_engine")
         self._compiled: dict[TextClause, str] = {}
         self._pinned: Connection | None = None
-        self._idle: list[_Held] = []
-        weakref.finalize(self, _release_all, self._idle)
+        self._held = HeldConnections(engine)
+        weakref.finalize(self, self._held.close)
         self._stats = {"retries": 0, "locked_path": 0}
         self._stats_lock = threading.Lock()
 
@@ -498,90 +466,21 @@ class BalanceManager:
         autocommit mode: one round trip, with a cursor kept per connection and the statement prepared on the
         server at its first use there (``prepare=True``: later calls send only the parameters). The connection
         is the pinned one (see :meth:`pinned`) or one this manager keeps in autocommit between calls
-        (:meth:`_execute_held`; its liveness checked without a round trip,
+        (:class:`.autocommit.HeldConnections`; its liveness checked without a round trip,
         :func:`reconciler.db.connection_is_alive`). Driver errors are
         wrapped in SQLAlchemy's DBAPIError like any other statement's, and a broken connection is
         invalidated rather than reused."""
         sql = self._compiled.get(statement)
         if sql is None:
             sql = self._compiled[statement] = str(statement.compile(dialect=self.engine.dialect))
-        pinned = self._pinned
-        if pinned is None:
-            return self._execute_held(sql, params, one)
-        proxied = pinned.connection
-        conn = proxied.driver_connection
-        assert isinstance(conn, psycopg.Connection)
-        try:
-            conn.autocommit = True
-            try:
-                cursor = proxied.info.get(_CURSOR_INFO_KEY)
-                if cursor is None or cursor.closed or cursor.connection is not conn:
-                    cursor = proxied.info[_CURSOR_INFO_KEY] = conn.cursor()
-                row = cursor.execute(sql, params, prepare=True).fetchone()
-                assert row is not None or not one  # the change statements always return exactly one row
-                return row
-            finally:
-                if not conn.broken:
-                    conn.autocommit = False  # SQLAlchemy and the pool expect transactional connections
-        except psycopg.Error as exc:
-            raise DBAPIError.instance(sql, params, exc, psycopg.Error, dialect=self.engine.dialect,
-                                      connection_invalidated=conn.broken) from exc
-        finally:
-            if conn.broken:
-                pinned.invalidate()  # the pinned Connection reconnects on its next use
-
-    def _execute_held(self, sql: str, params: Mapping[str, Any], one: bool) -> tuple[Any, ...] | None:
-        """The unpinned hot path: the statement on a connection this manager keeps in autocommit between calls
-        (:class:`_Held`, at most as many as calls ran at once, and only while the pool keeps spare connections
-        for everyone else), so a call costs no pool checkout, no reset on return and no autocommit switch."""
-        held = self._borrow()
-        try:
-            row = held.cursor.execute(sql, params, prepare=True).fetchone()
-        except psycopg.Error as exc:
-            broken = held.conn.broken
-            if broken:
-                held.fairy.invalidate()
-            else:
-                self._give_back(held)  # autocommit: the failed statement left no transaction behind
-            raise DBAPIError.instance(sql, params, exc, psycopg.Error, dialect=self.engine.dialect,
-                                      connection_invalidated=broken) from exc
-        self._give_back(held)
-        assert row is not None or not one  # the change statements always return exactly one row
-        return row
-
-    def _borrow(self) -> _Held:
-        while True:
-            try:
-                held = self._idle.pop()
-            except IndexError:
-                break
-            if connection_is_alive(held.conn, time.monotonic() - held.since):
-                return held
-            held.fairy.invalidate()  # found dead before anything was sent: a fresh one is safe
-        fairy = self.engine.raw_connection()
-        conn = fairy.driver_connection
-        assert isinstance(conn, psycopg.Connection)
-        try:
-            conn.autocommit = True
-        except psycopg.Error:
-            fairy.invalidate()
-            raise
-        return _Held(fairy, conn, conn.cursor())
-
-    def _give_back(self, held: _Held) -> None:
-        pool = self.engine.pool
-        size, checked_out = getattr(pool, "size", None), getattr(pool, "checkedout", None)
-        if (callable(size) and callable(checked_out) and checked_out() < size()
-                and len(self._idle) < _MAX_IDLE_HELD and not held.conn.broken):
-            held.since = time.monotonic()
-            self._idle.append(held)
-        else:
-            _release(held)
+        if self._pinned is None:
+            return self._held.execute(sql, params, one)
+        return execute_pinned(self._pinned, sql, params, one, self.engine.dialect)
 
     def close(self) -> None:
         """Return the connections this manager keeps between calls to the engine's pool (they are also returned
         when the manager is garbage-collected). The manager stays usable."""
-        _release_all(self._idle)
+        self._held.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:

@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import text
 from sqlalchemy.engine import Row
 
+from reconciler.balance_check import validate_sql
+
 from .values import ChainLink
 
 #: How the guard (``reconciler.guard``) recognises the core's writes: every UPDATE and INSERT below has
@@ -246,15 +248,7 @@ FROM reconciler.balance_reconciliations
 WHERE idempotency_key = CAST(:idempotency_key AS text)
 """)
 
-_VALIDATE = text("""
-SELECT c.balance, totals.ledger_sum, totals.entry_count
-FROM customers AS c
-CROSS JOIN LATERAL (
-    SELECT coalesce(sum(e.amount), 0) AS ledger_sum, count(*) AS entry_count
-    FROM customer_ledger_entries AS e WHERE e.customer_id = c.id
-) AS totals
-WHERE c.id = CAST(:customer_id AS bigint)
-""")
+_VALIDATE = text(validate_sql("CAST(:customer_id AS bigint)"))
 
 
 class _FastRow(NamedTuple):

@@ -13,7 +13,7 @@ from reconciler import migrate
 from reconciler.db import make_engine
 from tests.factories import make_company_ledger
 
-HEAD = "0012"
+HEAD = "0010"
 
 
 @pytest.fixture
