@@ -23,7 +23,20 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Connection, Select, Text, and_, cast, func, literal, select, true
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Select,
+    Subquery,
+    Text,
+    and_,
+    cast,
+    func,
+    literal,
+    select,
+    true,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from reconciler.chunks import Chunk
@@ -67,10 +80,10 @@ def _id_filter(column: ColumnElement[int], first_id: int | None, last_id: int | 
     return and_(true(), *conditions)
 
 
-def drift_statement(tolerance: Decimal, *, first_id: int | None = None, last_id: int | None = None,
-                    customer_ids: Sequence[int] | None = None) -> Select[int, Decimal, Decimal, Decimal]:
-    """The comparison as one SELECT over ``[first_id, last_id]`` (or every customer when not given),
-    optionally only the ``customer_ids``; drifting customers only, in id order."""
+def _ledger_sums(first_id: int | None, last_id: int | None,
+                 customer_ids: Sequence[int] | None) -> tuple[Subquery, ColumnElement[Decimal]]:
+    """Each customer's ledger sum over the scope (a grouped subquery), and the sum as a column that is 0.00 for a
+    customer without entries."""
     sums = (
         select(ledger_entries.c.customer_id, func.sum(ledger_entries.c.amount).label("ledger_sum"))
         .where(_id_filter(ledger_entries.c.customer_id, first_id, last_id, customer_ids))
@@ -78,6 +91,14 @@ def drift_statement(tolerance: Decimal, *, first_id: int | None = None, last_id:
         .subquery("sums")
     )
     ledger_sum = func.coalesce(sums.c.ledger_sum, literal(Decimal("0.00"), MONEY))
+    return sums, ledger_sum
+
+
+def drift_statement(tolerance: Decimal, *, first_id: int | None = None, last_id: int | None = None,
+                    customer_ids: Sequence[int] | None = None) -> Select[int, Decimal, Decimal, Decimal]:
+    """The comparison as one SELECT over ``[first_id, last_id]`` (or every customer when not given),
+    optionally only the ``customer_ids``; drifting customers only, in id order."""
+    sums, ledger_sum = _ledger_sums(first_id, last_id, customer_ids)
     drift = customers.c.balance - ledger_sum
     return (
         select(customers.c.id, customers.c.balance, ledger_sum.label("ledger_sum"), drift.label("drift"))
@@ -89,13 +110,7 @@ def drift_statement(tolerance: Decimal, *, first_id: int | None = None, last_id:
 
 
 def _per_customer(first_id: int | None, last_id: int | None, customer_ids: Sequence[int] | None) -> Select[Any]:
-    sums = (
-        select(ledger_entries.c.customer_id, func.sum(ledger_entries.c.amount).label("ledger_sum"))
-        .where(_id_filter(ledger_entries.c.customer_id, first_id, last_id, customer_ids))
-        .group_by(ledger_entries.c.customer_id)
-        .subquery("sums")
-    )
-    ledger_sum = func.coalesce(sums.c.ledger_sum, literal(Decimal("0.00"), MONEY))
+    sums, ledger_sum = _ledger_sums(first_id, last_id, customer_ids)
     return (
         select(customers.c.id, customers.c.balance, ledger_sum.label("ledger_sum"))
         .select_from(customers.outerjoin(sums, sums.c.customer_id == customers.c.id))
