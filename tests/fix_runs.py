@@ -21,3 +21,20 @@ def found(engine: Engine, run_id: int) -> set[int]:
     with engine.connect() as conn:
         return set(conn.execute(text("select customer_id from reconciler.findings where run_id = :r"),
                                 {"r": run_id}).scalars())
+
+
+def guarded_ledger(engine: Engine, customers: range, opening: Decimal, *, chunk_size: int) -> RunSummary:
+    """Customers written by the core (one opening balance each), the guard observing, and a first full dry run
+    that sets the verified point; returns that run, asserted clean and verified."""
+    from reconciler.balances import BalanceManager
+    from reconciler.guard import install
+    from tests.factories import make_customer
+
+    install(engine, "observe")
+    core = BalanceManager(engine)
+    for customer_id in customers:
+        make_customer(engine, customer_id)
+        core.update_balance(customer_id, opening, kind="opening_balance")
+    first = dry_run(engine, "full", chunk_size=chunk_size)
+    assert first.verified_to is not None and first.drift_count == 0
+    return first

@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from reconciler.balances import BalanceManager
-from reconciler.guard import guard_status, install
+from reconciler.guard import guard_status
 from reconciler.pipeline import RunSummary
-from tests.factories import make_customer, write_around_core
-from tests.fix_runs import dry_run, found
+from tests.factories import write_around_core
+from tests.fix_runs import dry_run, found, guarded_ledger
 
 D = Decimal
 pytestmark = pytest.mark.usefixtures("quick_quality_and_report")
@@ -33,13 +32,7 @@ def gaps(engine: Engine) -> list[Any]:
 @pytest.fixture
 def guarded(engine: Engine) -> Engine:
     """Customers 1..10 written by the core, the guard observing, a first full run setting the verified point."""
-    install(engine, "observe")
-    core = BalanceManager(engine)
-    for customer_id in CUSTOMERS:
-        make_customer(engine, customer_id)
-        core.update_balance(customer_id, D("50.00"), kind="opening_balance")
-    first = run(engine, "full")
-    assert first.verified_to is not None and first.drift_count == 0
+    guarded_ledger(engine, CUSTOMERS, D("50.00"), chunk_size=4)
     assert gaps(engine) == []
     return engine
 

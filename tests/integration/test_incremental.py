@@ -23,7 +23,7 @@ from reconciler.compare import compare_all
 from reconciler.guard import install, uninstall
 from reconciler.pipeline import RunOptions, RunSummary, run_reconciliation, steps
 from tests.factories import BYPASS_ROUTES, make_customer, write_around_core
-from tests.fix_runs import dry_run, found
+from tests.fix_runs import dry_run, found, guarded_ledger
 
 D = Decimal
 pytestmark = pytest.mark.usefixtures("quick_quality_and_report")
@@ -59,13 +59,7 @@ def guarded(engine: Engine) -> Engine:
     """Customers 1..20 with honest ledgers written by the core, the guard observing, a soft ledger, and a
     first full run that sets the verified point."""
     soften_ledger(engine)
-    install(engine, "observe")
-    core = BalanceManager(engine)
-    for customer_id in CUSTOMERS:
-        make_customer(engine, customer_id)
-        core.update_balance(customer_id, D("100.00"), kind="opening_balance")
-    first = run(engine, "full")
-    assert first.verified_to is not None and first.drift_count == 0
+    guarded_ledger(engine, CUSTOMERS, D("100.00"), chunk_size=7)
     return engine
 
 
