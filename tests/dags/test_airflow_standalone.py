@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL
 
 from reconciler.schema import runs, tasks
 from tests.factories import cached_balance, ledger_sum, make_customer, post_entry, set_cached_balance
-from tests.fix_airflow_server import Api, free_port
+from tests.fix_airflow_server import Api, Processes, free_port, group_alive
 from tests.fix_db import _admin
 
 pytestmark = pytest.mark.slow
@@ -34,30 +34,14 @@ PASSWORD = "test-admin-password"
 T = TypeVar("T")
 
 
-def _wait_for(what: str, check: Callable[[], T | None], timeout: float, server: subprocess.Popen[bytes],
-              log: Path) -> T:
-    """Poll ``check`` (every 0.5 s) until it returns a value; fail with the server's log tail on timeout/exit."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"airflow standalone exited ({server.returncode}) while waiting for {what}:\n"
-                        f"{log.read_text()[-4000:]}")
-        value = check()
-        if value is not None:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"no {what} within {timeout:.0f} s; server log tail:\n{log.read_text()[-4000:]}")
-
-
 @dataclass
 class Standalone:
     api: Api
     ledger: Engine
-    server: subprocess.Popen[bytes]
-    log: Path
+    processes: Processes
 
     def wait_for(self, what: str, check: Callable[[], T | None], timeout: float) -> T:
-        return _wait_for(what, check, timeout, self.server, self.log)
+        return self.processes.wait_for(what, check, timeout)
 
 
 @pytest.fixture
@@ -90,35 +74,19 @@ def standalone(db_url: URL, engine: Engine, server_url: URL, tmp_path: Path) -> 
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
     }
-    log = tmp_path / "standalone.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(["bash", str(REPO / "scripts" / "airflow.sh")], env=env, stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+    processes = Processes()
+    processes.start("airflow standalone", ["bash", str(REPO / "scripts" / "airflow.sh")], env,
+                    tmp_path / "standalone.log")
     api = Api(f"http://127.0.0.1:{port}")
     try:
-        def token() -> str | None:
-            try:
-                status, body = api.call("POST", "/auth/token", {"username": "admin", "password": PASSWORD})
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                return None
-            return str(body["access_token"]) if status == 201 else None
-
-        api.token = _wait_for("token from /auth/token", token, 240, server, log)
-        _wait_for("DAG ledger_reconciliation parsed",
-                  lambda: True if api.call("GET", "/api/v2/dags/ledger_reconciliation")[0] == 200 else None,
-                  240, server, log)
-        yield Standalone(api, engine, server, log)
+        api.token = processes.wait_for("token from /auth/token", lambda: api.login("admin", PASSWORD), 240)
+        processes.wait_for("DAG ledger_reconciliation parsed",
+                           lambda: True if api.call("GET", "/api/v2/dags/ledger_reconciliation")[0] == 200 else None,
+                           240)
+        yield Standalone(api, engine, processes)
     finally:
-        _stop(server, home / "standalone.pid")
+        _stop(processes.running["airflow standalone"], home / "standalone.pid")
         _admin(server_url, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(metadata)))
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _stop(server: subprocess.Popen[bytes], pid_file: Path) -> None:
@@ -130,7 +98,7 @@ def _stop(server: subprocess.Popen[bytes], pid_file: Path) -> None:
         server.wait(timeout=60)
     groups = [server.pid] + ([int(pid_file.read_text())] if pid_file.exists() else [])
     deadline = time.monotonic() + 10
-    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+    while any(group_alive(g) for g in groups) and time.monotonic() < deadline:
         time.sleep(0.2)
     for group in groups:
         with contextlib.suppress(ProcessLookupError):
