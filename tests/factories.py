@@ -254,6 +254,13 @@ def make_honest_customers(engine: Engine, customer_ids: range | list[int], amoun
 
 
 #: The routes around the core that the guard sees (and that incremental runs must follow).
+def soften_ledger(engine: Engine) -> None:
+    """Drop the append-only triggers: a ledger the company has not hardened yet."""
+    with engine.begin() as conn:
+        conn.execute(text("drop trigger if exists reconciler_append_only on customer_ledger_entries"))
+        conn.execute(text("drop trigger if exists reconciler_append_only_truncate on customer_ledger_entries"))
+
+
 BYPASS_ROUTES = ("balance", "insert", "amend", "delete", "copy")
 
 

@@ -20,7 +20,7 @@ from reconciler import change_feed, guard
 from reconciler.balances import BalanceManager
 from reconciler.guard import guard_status, install, uninstall
 from reconciler.tasks import MAX_TASK_WRITERS, list_tasks
-from tests.factories import cached_balance, ledger_sum, make_customer
+from tests.factories import cached_balance, ledger_sum, make_customer, soften_ledger
 
 D = Decimal
 
@@ -42,13 +42,6 @@ def service(db_url: URL, name: str, *, autocommit: bool = True) -> Iterator[psyc
 def bypass_rows(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(text("select * from reconciler.bypass_writes order by id")))
-
-
-def soften_ledger(engine: Engine) -> None:
-    """Drop the append-only triggers: a ledger the company has not hardened yet."""
-    with engine.begin() as conn:
-        conn.execute(text("drop trigger if exists reconciler_append_only on customer_ledger_entries"))
-        conn.execute(text("drop trigger if exists reconciler_append_only_truncate on customer_ledger_entries"))
 
 
 @pytest.fixture

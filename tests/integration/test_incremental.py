@@ -22,7 +22,7 @@ from reconciler.balances import BalanceManager
 from reconciler.compare import compare_all
 from reconciler.guard import install, uninstall
 from reconciler.pipeline import RunOptions, RunSummary, run_reconciliation, steps
-from tests.factories import BYPASS_ROUTES, make_customer, write_around_core
+from tests.factories import BYPASS_ROUTES, make_customer, soften_ledger, write_around_core
 from tests.fix_runs import dry_run, found, guarded_ledger
 
 D = Decimal
@@ -45,13 +45,6 @@ def checked(engine: Engine, run_id: int) -> set[int]:
 def drifting_now(engine: Engine) -> set[int]:
     with engine.connect() as conn:
         return {d.customer_id for d in compare_all(conn, D("0.01"))}
-
-
-def soften_ledger(engine: Engine) -> None:
-    """Drop the append-only triggers: a ledger the company has not hardened yet."""
-    with engine.begin() as conn:
-        conn.execute(text("drop trigger if exists reconciler_append_only on customer_ledger_entries"))
-        conn.execute(text("drop trigger if exists reconciler_append_only_truncate on customer_ledger_entries"))
 
 
 @pytest.fixture
