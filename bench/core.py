@@ -63,6 +63,15 @@ def libpq(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def seed_database(engine_url: URL) -> None:
+    """:func:`seed` the section's database at ``engine_url`` on an engine of its own."""
+    engine = make_engine(engine_url)
+    try:
+        seed(engine)
+    finally:
+        engine.dispose()
+
+
 def seed(engine: Engine) -> None:
     """1,000 customers whose balance agrees with one opening entry each, and one customer with 1,000 entries."""
     with engine.begin() as conn:
@@ -316,9 +325,5 @@ def row(name: str, value: float, unit: str, target: str | None = None, ok: bool 
 
 def run(quick: bool, engine_url: URL) -> list[dict[str, object]]:
     """Run the section on ``engine_url`` (a freshly migrated database of its own) and return its rows."""
-    engine = make_engine(engine_url)
-    try:
-        seed(engine)
-    finally:
-        engine.dispose()
+    seed_database(engine_url)
     return throughput(engine_url, quick) + cpu_bound_throughput(engine_url, quick) + reads(engine_url, quick)

@@ -26,7 +26,7 @@ import psycopg
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
-from bench.core import CUSTOMERS, core_worker, libpq, measure_threads, release, seed
+from bench.core import CUSTOMERS, core_worker, libpq, measure_threads, release, seed_database
 from reconciler.balances import BalanceManager
 from reconciler.db import make_engine
 from reconciler.guard import install, uninstall
@@ -127,9 +127,5 @@ def bypass_cost(url: URL, quick: bool, calls: int | None = None) -> list[dict[st
 
 def run(quick: bool, engine_url: URL) -> list[dict[str, object]]:
     """Run the section on ``engine_url`` (a freshly migrated database of its own) and return its rows."""
-    engine = make_engine(engine_url)
-    try:
-        seed(engine)
-    finally:
-        engine.dispose()
+    seed_database(engine_url)
     return core_throughput(engine_url, quick) + bypass_cost(engine_url, quick)
